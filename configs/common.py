@@ -1,0 +1,82 @@
+"""Shared defaults of every vreid_jax config.
+
+Experiment configs start from `get_config()` here and override fields. Every
+field exists here, so the config is locked and a typo on the command line
+(`--config.inptu.clip_len=8`) fails with a message.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Durations: num_steps if > 0, else num_epochs epochs of PK batches.
+  c.num_steps = -1
+  c.num_epochs = 1.0
+  c.log_every_steps = 50
+  # Persistent XLA compilation cache ('' = off); cuts repeated compiles.
+  c.jax_cache_dir = ""
+
+  # The model: vreid_jax.models.<model_name>.Model(num_classes=..., **model).
+  c.model_name = "baseline"
+  c.model = ml_collections.ConfigDict(dict(
+      backbone="resnet50", width=64, last_stride=1, embed_dim=0,
+      neck_feat="after", dtype="float32"))
+
+  # The dataset: a TFDS builder of vreid_jax.datasets.
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="mars",
+      config="",          # TFDS builder config, '' for the default.
+      data_dir="",        # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+      trial=-1,           # iLIDS-VID / PRID-2011 / SDU-VID: trial 0..9.
+      auto_build=False,   # Build procedurally generated datasets if missing.
+  ))
+
+  # Training input: PK batches of clips.
+  c.input = ml_collections.ConfigDict(dict(
+      height=256, width=128,
+      clip_len=8,
+      clip_sampling="consecutive",  # consecutive | evenly | restricted
+      num_ids_per_batch=8,          # P
+      num_per_id=4,                 # K
+      flip_prob=0.5, pad=10, erasing_prob=0.5,
+      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+      num_workers=0,                # grain worker processes (0 = threads)
+      num_threads=2,
+  ))
+
+  c.losses = ml_collections.ConfigDict({
+      "softmax_cross_entropy": {"weight": 1.0, "label_smoothing": 0.1},
+      "batch_hard_triplet": {"weight": 1.0, "margin": 0.3},
+  })
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", weight_decay=5e-4, grad_clip_norm=0.0))
+  c.schedule = ml_collections.ConfigDict(dict(
+      name="step", base_lr=3.5e-4, warmup_epochs=10.0,
+      decay_epochs=(40.0, 70.0), decay_factor=0.1))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      every_steps=0,            # 0 = only at the end.
+      mode="dense",             # all | dense | every_frame | evenly
+      clip_len=8,
+      batch_size=32,            # clips per eval batch
+      max_frames_per_batch=1024,
+      metric="euclidean",       # euclidean | sqeuclidean | cosine
+      normalize=False,
+      ap="step",                # step | trapezoid
+      max_rank=20,
+      rerank=False,             # also report k-reciprocal re-ranking
+      save_features=False,      # write query/gallery_features.npz
+      plots=True,               # cmc.png in the workdir
+  ))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
+  c.init_from = ml_collections.ConfigDict(dict(
+      checkpoint="",            # a stage-1 workdir / checkpoint dir
+      backbone_weights="",      # ImageNet ResNet .pth/.safetensors/.npz
+  ))
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize=False, coordinator_address="", num_processes=-1,
+      process_id=-1))
+  return c

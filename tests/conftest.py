@@ -1,0 +1,39 @@
+"""Test setup: 8 fake CPU devices, so sharded code paths run everywhere.
+
+XLA_FLAGS must be set before JAX initialises its backends.
+"""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+  """../shared beside the checkout; skips the test when it is absent."""
+  if not (SHARED / "protocols").is_dir():
+    pytest.skip(f"{SHARED} is absent (a user's checkout): this test needs the "
+                "real protocol files in ../shared/protocols")
+  return SHARED
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+  """A TFDS data dir holding synthetic_video_reid/tiny, built once."""
+  from vreid_jax.datasets.synthetic_video_reid import synthetic_video_reid as syn  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp("tfds")
+  builder = syn.SyntheticVideoReid(config="tiny", data_dir=str(data_dir))
+  builder.download_and_prepare(file_format="array_record")
+  return str(data_dir)

@@ -1,0 +1,118 @@
+"""Samplers and clip-consistent augmentation."""
+
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from vreid_jax.input_pipeline import augment
+from vreid_jax.input_pipeline import sampling
+
+
+def test_pk_plan_balanced_and_deterministic():
+  pids = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+  plan = sampling.pk_epoch_plan(pids, p=4, k=3, rng=np.random.default_rng(0))
+  again = sampling.pk_epoch_plan(pids, p=4, k=3, rng=np.random.default_rng(0))
+  np.testing.assert_array_equal(plan, again)
+  assert plan.shape[1] == 12
+  for row in plan:
+    ids = pids[row].reshape(4, 3)
+    assert (ids == ids[:, :1]).all(), "each group of K shares one identity"
+    assert len(np.unique(ids[:, 0])) == 4, "P distinct identities"
+  # An identity with >= K tracklets never repeats a tracklet within a chunk.
+  for row in plan:
+    for chunk in row.reshape(4, 3):
+      if (pids == pids[chunk[0]]).sum() >= 3:
+        assert len(set(chunk)) == 3
+
+
+def test_pk_plan_too_few_ids():
+  with pytest.raises(ValueError, match="num_ids_per_batch"):
+    sampling.pk_epoch_plan(np.array([1, 1, 2]), p=4, k=2,
+                           rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("mode", sampling.CLIP_MODES)
+@pytest.mark.parametrize("length", [1, 3, 8, 37])
+def test_clip_sampling_in_range(mode, length):
+  rng = np.random.default_rng(1)
+  for r in (rng, None):
+    idx = sampling.sample_clip(length, 8, mode, r)
+    assert idx.shape == (8,)
+    assert idx.min() >= 0 and idx.max() < length
+
+
+def test_consecutive_loop_padding_and_contiguity():
+  np.testing.assert_array_equal(
+      sampling.sample_clip(3, 8, "consecutive", None),
+      [0, 1, 2, 0, 1, 2, 0, 1])
+  idx = sampling.sample_clip(40, 8, "consecutive", np.random.default_rng(3))
+  np.testing.assert_array_equal(np.diff(idx), 1)
+
+
+def test_restricted_one_frame_per_segment():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    idx = sampling.sample_clip(40, 4, "restricted", rng)
+    np.testing.assert_array_equal(idx // 10, [0, 1, 2, 3])
+
+
+def test_evenly_spread():
+  np.testing.assert_array_equal(sampling.sample_clip(16, 4, "evenly", None),
+                                [0, 4, 8, 12])
+
+
+def test_contiguous_labels():
+  labels, classes = sampling.contiguous_labels([7, 3, 7, 9])
+  np.testing.assert_array_equal(labels, [1, 0, 1, 2])
+  np.testing.assert_array_equal(classes, [3, 7, 9])
+
+
+def _jpeg(color, size=(16, 8)):
+  buf = io.BytesIO()
+  Image.fromarray(np.full(size + (3,), color, np.uint8)).save(buf, "PNG")
+  return buf.getvalue()
+
+
+def test_decode_clip_resizes_and_orders():
+  frames = [_jpeg(10 * i) for i in range(4)]
+  clip = augment.decode_clip(frames, np.array([3, 0, 0]), 8, 4)
+  assert clip.shape == (3, 8, 4, 3) and clip.dtype == np.uint8
+  np.testing.assert_array_equal(clip[:, 0, 0, 0], [30, 0, 0])
+
+
+def test_augmentation_is_clip_consistent():
+  rng = np.random.default_rng(0)
+  frame = rng.integers(0, 255, size=(16, 8, 3), dtype=np.uint8)
+  clip = np.stack([frame] * 5)
+  cfg = augment.AugmentConfig(height=16, width=8, flip=0.5, pad=2,
+                              erasing=1.0)
+  for seed in range(10):
+    out = augment.augment_clip(clip, cfg, np.random.default_rng(seed))
+    assert out.shape == clip.shape
+    for t in range(1, 5):  # The same draw on every frame.
+      np.testing.assert_array_equal(out[t], out[0])
+
+
+def test_flip_and_erasing_values():
+  clip = np.arange(2 * 4 * 6 * 3, dtype=np.uint8).reshape(2, 4, 6, 3)
+  cfg = augment.AugmentConfig(height=4, width=6, flip=1.0)
+  out = augment.augment_clip(clip, cfg, np.random.default_rng(0))
+  np.testing.assert_array_equal(out, clip[:, :, ::-1])
+  cfg = augment.AugmentConfig(height=4, width=6, erasing=1.0,
+                              erasing_area=(0.2, 0.3))
+  out = augment.augment_clip(clip, cfg, np.random.default_rng(0))
+  fill = np.round(np.asarray(augment.IMAGENET_MEAN) * 255).astype(np.uint8)
+  erased = (out != clip).any(-1)
+  assert erased.any()
+  assert (out[erased] == fill).all()
+
+
+def test_normalize_matches_numpy():
+  x = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 4, 3)).astype(
+      np.uint8)
+  want = (x / 255.0 - np.array(augment.IMAGENET_MEAN)) / np.array(
+      augment.IMAGENET_STD)
+  np.testing.assert_allclose(np.asarray(augment.normalize(x)), want,
+                             rtol=1e-5, atol=1e-5)

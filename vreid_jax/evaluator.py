@@ -1,0 +1,161 @@
+"""Evaluation of a model on a dataset's query and gallery roles.
+
+Embeddings are computed under jit over the device mesh with a frame mask
+(`config.eval.mode` says which test-time clips: the whole tracklet, dense
+clips, a clip at every frame or evenly sampled frames); the embeddings of a
+tracklet's clips are averaged. The metric maths (CMC, mAP, mINP, protocols,
+re-ranking) lives in `vreid_jax.evaluation`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from vreid_jax import evaluation
+from vreid_jax import parallel
+from vreid_jax.input_pipeline import augment
+from vreid_jax.input_pipeline import pipeline
+
+
+def _embed(variables, clips, mask, *, model, mean, std):
+  embedding, _ = model.apply(variables, augment.normalize(clips, mean, std),
+                             mask, train=False)
+  return embedding.astype(np.float32)
+
+
+class Evaluator:
+  """Embeds query and gallery with a model and scores the ranking."""
+
+  def __init__(self, config, data: pipeline.ReidData, model, mesh):
+    self.config = config
+    self.cfg = config.eval
+    self.data = data
+    self.mesh = mesh
+    for role in ("query", "gallery"):
+      if role not in data.roles:
+        raise ValueError(f"dataset {data.name} has no {role} role to "
+                         "evaluate on")
+    self._embed = jax.jit(
+        functools.partial(_embed, model=model, mean=tuple(config.input.mean),
+                          std=tuple(config.input.std)),
+        in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh),
+                      parallel.data_sharded(mesh)),
+        out_shardings=parallel.data_sharded(mesh))
+
+  def embed(self, variables, role: str) -> np.ndarray:
+    """(N, D) float32 embeddings of the role's tracklets, in record order."""
+    tracklets = self.data.roles[role]
+    cfg = self.cfg
+    num_devices = self.mesh.devices.size
+    plan = pipeline.eval_batches_plan(
+        tracklets.index["num_frames"], cfg.mode, cfg.clip_len,
+        cfg.batch_size, max_frames_per_batch=cfg.max_frames_per_batch,
+        multiple_of=num_devices * jax.process_count() // jax.process_count())
+    batches = pipeline.EvalBatches(
+        self.data.name, self.data.data_dir, tracklets.split,
+        tracklets.records, plan, self.config.input.height,
+        self.config.input.width, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    sums = None
+    counts = np.zeros(len(tracklets), np.int64)
+    for local in pipeline.eval_iterator(
+        batches, num_workers=self.config.input.num_workers,
+        num_threads=self.config.input.num_threads):
+      position = local.pop("position")
+      batch = parallel.global_batch(local, self.mesh)
+      emb = parallel.fetch(self._embed(variables, batch["clips"],
+                                       batch["mask"]))
+      position = parallel.fetch(
+          parallel.global_batch({"p": position}, self.mesh))["p"]
+      if sums is None:
+        sums = np.zeros((len(tracklets), emb.shape[-1]), np.float64)
+      keep = position >= 0
+      np.add.at(sums, position[keep], emb[keep])
+      np.add.at(counts, position[keep], 1)
+    if sums is None or (counts == 0).any():
+      raise RuntimeError(f"{role}: some tracklets received no clip")
+    return (sums / counts[:, None]).astype(np.float32)
+
+  def evaluate(self, variables, *, final: bool = False,
+               workdir: str | None = None) -> dict[str, Any]:
+    """Embeds query and gallery and returns the metrics dict."""
+    t0 = time.time()
+    q = self.data.roles["query"]
+    g = self.data.roles["gallery"]
+    qf = self.embed(variables, "query")
+    gf = self.embed(variables, "gallery")
+    t_embed = time.time() - t0
+    cfg = self.cfg
+    kwargs = dict(metric=cfg.metric, normalize=cfg.normalize, ap=cfg.ap,
+                  max_rank=cfg.max_rank)
+    results = evaluation.evaluate(
+        qf, q.index["pid"], q.index["camid"], gf, g.index["pid"],
+        g.index["camid"], gallery_junk=g.index["is_junk"], **kwargs)
+    if "motion_twin" in q.index:
+      twins = q.index["motion_twin"] >= 0
+      if twins.any():
+        sub = evaluation.evaluate(
+            qf[twins], q.index["pid"][twins], q.index["camid"][twins], gf,
+            g.index["pid"], g.index["camid"],
+            gallery_junk=g.index["is_junk"], **kwargs)
+        results["motion_twins"] = {k: sub[k] for k in (
+            "mAP", "cmc", "num_queries", "num_valid_queries")}
+    if final and cfg.rerank:
+      rr = evaluation.evaluate(
+          qf, q.index["pid"], q.index["camid"], gf, g.index["pid"],
+          g.index["camid"], gallery_junk=g.index["is_junk"], rerank=True,
+          **kwargs)
+      results["reranked"] = {k: rr[k] for k in ("mAP", "mINP", "cmc")}
+    results["protocol"] = {"ap": cfg.ap, "metric": cfg.metric,
+                           "normalize": bool(cfg.normalize),
+                           "mode": cfg.mode, "clip_len": cfg.clip_len}
+    logging.info("Evaluation: embeddings %.1fs, total %.1fs", t_embed,
+                 time.time() - t0)
+    if final and workdir and jax.process_index() == 0:
+      if cfg.save_features:
+        for name, feats, s in (("query", qf, q), ("gallery", gf, g)):
+          np.savez(os.path.join(workdir, f"{name}_features.npz"),
+                   features=feats, pids=s.index["pid"],
+                   camids=s.index["camid"])
+      if cfg.plots:
+        self._plots(results, qf, gf, workdir)
+    return results
+
+  def _plots(self, results, qf, gf, workdir: str) -> None:
+    try:
+      from vreid_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+      plots.plot_cmc(results["cmc_curve"], os.path.join(workdir, "cmc.png"))
+    except Exception as e:  # Plots must never lose a finished run.
+      logging.warning("could not write the CMC plot: %s", e)
+
+
+def summary_scalars(results: Mapping[str, Any], prefix: str = "eval/"
+                    ) -> dict[str, float]:
+  out = {f"{prefix}mAP": results["mAP"]}
+  for k, v in results["cmc"].items():
+    out[f"{prefix}R{k}"] = v
+  if "motion_twins" in results:
+    out[f"{prefix}motion_twins/mAP"] = results["motion_twins"]["mAP"]
+    out[f"{prefix}motion_twins/R1"] = results["motion_twins"]["cmc"]["1"]
+  return out
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+  cmc = results["cmc"]
+  text = (f"mAP={100 * results['mAP']:.2f}% "
+          + " ".join(f"R{k}={100 * v:.2f}%" for k, v in cmc.items())
+          + f" ({results['num_valid_queries']}/{results['num_queries']} "
+          "queries with a positive)")
+  if "motion_twins" in results:
+    mt = results["motion_twins"]
+    text += (f" | motion twins: mAP={100 * mt['mAP']:.2f}% "
+             f"R1={100 * mt['cmc']['1']:.2f}%")
+  return text

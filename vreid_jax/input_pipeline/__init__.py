@@ -1,0 +1,1 @@
+"""Input pipeline: samplers, augmentation and grain datasets."""

@@ -1,0 +1,424 @@
+"""The input pipeline: grain over `tfds.data_source`, one for every dataset.
+
+Training batches are a pure function of (seed, step): batch `s` is built from
+the PK plan of its epoch (`sampling.pk_epoch_plan` seeded by (seed, epoch))
+and every clip's frames and augmentation are drawn from a generator seeded by
+(seed, step, slot). The grain iterator over steps is therefore deterministic,
+its state (the next step) is saved with each checkpoint, and a resumed run
+sees exactly the batches an uninterrupted one sees. Each JAX process builds
+only its rows of the global batch (`process_index`-th slice).
+
+Evaluation streams fixed-size batches of clips with a frame mask and the
+position of the tracklet each clip belongs to; the embeddings of a
+tracklet's clips are averaged by the evaluator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from absl import logging
+import grain
+import numpy as np
+
+from vreid_jax.input_pipeline import augment
+from vreid_jax.input_pipeline import sampling
+
+DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
+
+
+class DatasetNotBuiltError(FileNotFoundError):
+  """The TFDS dataset a config names is not in its data dir."""
+
+
+@dataclasses.dataclass
+class TrackletSet:
+  """One role (train, query, gallery, ...) of a dataset.
+
+  Attributes:
+    role: "train", "query", "gallery" or "val".
+    split: the TFDS split the records live in.
+    records: (N,) record indices into that split.
+    index: per-tracklet arrays (pid, camid, num_frames, ...) of the records,
+      in the same order.
+  """
+  role: str
+  split: str
+  records: np.ndarray
+  index: dict[str, np.ndarray]
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+
+@dataclasses.dataclass
+class ReidData:
+  """An opened dataset: where it lives and its roles."""
+  name: str
+  data_dir: str
+  metadata: Mapping[str, Any]
+  roles: dict[str, TrackletSet]
+
+  def source(self, split: str):
+    return _data_source(self.name, self.data_dir, split)
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR
+  return os.path.abspath(os.path.expanduser(data_dir))
+
+
+def _builder_name(cfg) -> str:
+  return f"{cfg.name}/{cfg.config}" if cfg.get("config") else cfg.name
+
+
+def open_dataset(cfg, *, build_if_missing: bool | None = None) -> ReidData:
+  """Opens the dataset that `config.dataset` names.
+
+  Args:
+    cfg: `config.dataset` with fields name, config (builder config, may be
+      empty), data_dir, trial (-1 when the dataset has fixed splits) and
+      auto_build (build procedurally generated datasets when missing).
+    build_if_missing: overrides cfg.auto_build.
+
+  Raises:
+    DatasetNotBuiltError: the dataset is not built; the message says how to
+      build it.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import vreid_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import
+  from vreid_jax.input_pipeline import splits  # pylint: disable=g-import-not-at-top
+
+  data_dir = resolve_data_dir(cfg.get("data_dir"))
+  name = _builder_name(cfg)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f"config.dataset.name={cfg.name!r}: no such dataset. Registered "
+        "vreid_jax datasets: synthetic_video_reid, mars, duke_video_reid, "
+        "ilids_vid, prid2011, ls_vid, sdu_vid") from e
+  if not _is_built(builder):
+    build = cfg.get("auto_build", False) if build_if_missing is None else (
+        build_if_missing)
+    if not build:
+      raise DatasetNotBuiltError(
+          f"dataset {name!r} is not built in data_dir {data_dir} (set by "
+          "--config.dataset.data_dir, else $TFDS_DATA_DIR, else "
+          f"{DEFAULT_DATA_DIR}). Build it with:\n  python data_prep/build.py "
+          f"--dataset={cfg.name}"
+          + (f" --config={cfg.config}" if cfg.get("config") else "")
+          + f" --manual_dir=<unpacked download> --data_dir={data_dir}\n"
+          "(data_prep/README.md says where each download comes from).")
+    _build_once(builder)
+    builder = tfds.builder(name, data_dir=data_dir)
+  metadata = builder.info.metadata or {}
+  if "index" not in metadata:
+    raise ValueError(
+        f"dataset {name!r} in {data_dir} has no per-split index in its "
+        "metadata: it was not built by a vreid_jax builder, or by an older "
+        "version. Rebuild it with data_prep/build.py.")
+  trial = cfg.get("trial", -1)
+  roles = splits.select_roles(cfg.name, metadata,
+                              trial=None if trial is None or trial < 0
+                              else trial)
+  sets = {}
+  for role, (split, records) in roles.items():
+    split_index = metadata["index"][split]
+    records = np.asarray(records, np.int64)
+    sets[role] = TrackletSet(
+        role=role, split=split, records=records,
+        index={k: np.asarray(v)[records] for k, v in split_index.items()})
+  return ReidData(name=name, data_dir=data_dir, metadata=metadata, roles=sets)
+
+
+def _is_built(builder) -> bool:
+  return os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def _build_once(builder) -> None:
+  """Builds a procedural dataset; in multi-process runs only process 0."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    logging.info("Building %s into %s (first use).", builder.name,
+                 builder.data_dir)
+    builder.download_and_prepare(file_format="array_record")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("vreid_jax_dataset_built")
+
+
+_SOURCES: dict[tuple[str, str, str], Any] = {}
+_SOURCES_LOCK = threading.Lock()
+
+
+def _data_source(name: str, data_dir: str, split: str):
+  """A per-process cache of random-access data sources."""
+  key = (name, data_dir, split)
+  with _SOURCES_LOCK:
+    if key not in _SOURCES:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      import vreid_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import
+      _SOURCES[key] = tfds.data_source(name, split=split, data_dir=data_dir)
+    return _SOURCES[key]
+
+
+# ---------------------------------------------------------------------------
+# Training.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """Everything a worker needs to build training batch `step`."""
+  name: str
+  data_dir: str
+  split: str
+  records: tuple[int, ...]
+  num_frames: tuple[int, ...]
+  pids: tuple[int, ...]
+  labels: tuple[int, ...]
+  camids: tuple[int, ...]
+  num_ids_per_batch: int
+  num_per_id: int
+  clip_len: int
+  clip_sampling: str
+  augment: augment.AugmentConfig
+  seed: int
+  process_index: int = 0
+  process_count: int = 1
+
+  @property
+  def global_batch_size(self) -> int:
+    return self.num_ids_per_batch * self.num_per_id
+
+  @property
+  def local_batch_size(self) -> int:
+    return self.global_batch_size // self.process_count
+
+
+class TrainBatches:
+  """Maps a step number to that step's local training batch (picklable)."""
+
+  def __init__(self, spec: TrainSpec):
+    if spec.global_batch_size % spec.process_count:
+      raise ValueError(
+          f"the global batch P*K = {spec.global_batch_size} is not divisible "
+          f"by the {spec.process_count} processes")
+    self.spec = spec
+    self._plans: list[np.ndarray] = []
+    self._starts: list[int] = [0]
+    self._lock = threading.Lock()
+
+  def __getstate__(self):
+    return {"spec": self.spec}
+
+  def __setstate__(self, state):
+    self.__init__(state["spec"])
+
+  def plan(self, epoch: int) -> np.ndarray:
+    """The PK plan of `epoch`: (batches, P*K) positions into the train set."""
+    return sampling.pk_epoch_plan(
+        np.asarray(self.spec.pids), self.spec.num_ids_per_batch,
+        self.spec.num_per_id, np.random.default_rng([self.spec.seed, 7,
+                                                     epoch]))
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """The number of batches of epoch 0 (epochs differ by a batch or so)."""
+    return len(self._epoch_plan(0))
+
+  def _epoch_plan(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      while len(self._plans) <= epoch:
+        self._plans.append(self.plan(len(self._plans)))
+        self._starts.append(self._starts[-1] + len(self._plans[-1]))
+      return self._plans[epoch]
+
+  def locate(self, step: int) -> tuple[int, np.ndarray]:
+    """Returns (epoch, row of positions) of global batch `step`."""
+    epoch = 0
+    while True:
+      plan = self._epoch_plan(epoch)
+      if step < self._starts[epoch + 1]:
+        return epoch, plan[step - self._starts[epoch]]
+      epoch += 1
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    s = self.spec
+    _, row = self.locate(int(step))
+    lo = s.process_index * s.local_batch_size
+    source = _data_source(s.name, s.data_dir, s.split)
+    clips, labels, pids, camids = [], [], [], []
+    for slot in range(lo, lo + s.local_batch_size):
+      pos = int(row[slot])
+      rng = np.random.default_rng([s.seed, 11, int(step), slot])
+      idx = sampling.sample_clip(s.num_frames[pos], s.clip_len,
+                                 s.clip_sampling, rng)
+      example = source[s.records[pos]]
+      clip = augment.decode_clip(example["frames"], idx, s.augment.height,
+                                 s.augment.width)
+      clips.append(augment.augment_clip(clip, s.augment, rng))
+      labels.append(s.labels[pos])
+      pids.append(s.pids[pos])
+      camids.append(s.camids[pos])
+    return {
+        "clips": np.stack(clips),
+        "mask": np.ones((s.local_batch_size, s.clip_len), np.bool_),
+        "labels": np.asarray(labels, np.int32),
+        "pids": np.asarray(pids, np.int32),
+        "camids": np.asarray(camids, np.int32),
+    }
+
+
+def make_train_spec(data: ReidData, config, *, process_index: int = 0,
+                    process_count: int = 1) -> TrainSpec:
+  """Builds the TrainSpec of `config.input` over the data's train role."""
+  train = data.roles["train"]
+  labels, _ = sampling.contiguous_labels(train.index["pid"])
+  inp = config.input
+  aug = augment.AugmentConfig(
+      height=inp.height, width=inp.width, flip=inp.flip_prob,
+      pad=inp.pad, erasing=inp.erasing_prob, mean=tuple(inp.mean))
+  return TrainSpec(
+      name=data.name, data_dir=data.data_dir, split=train.split,
+      records=tuple(int(r) for r in train.records),
+      num_frames=tuple(int(n) for n in train.index["num_frames"]),
+      pids=tuple(int(p) for p in train.index["pid"]),
+      labels=tuple(int(x) for x in labels),
+      camids=tuple(int(c) for c in train.index["camid"]),
+      num_ids_per_batch=inp.num_ids_per_batch, num_per_id=inp.num_per_id,
+      clip_len=inp.clip_len, clip_sampling=inp.clip_sampling, augment=aug,
+      seed=config.seed, process_index=process_index,
+      process_count=process_count)
+
+
+def train_iterator(batches: TrainBatches, num_steps: int, *,
+                   num_workers: int = 0, num_threads: int = 2,
+                   prefetch: int = 4) -> grain.DatasetIterator:
+  """A checkpointable grain iterator over steps 0..num_steps-1.
+
+  Restore a run's position with `it.set_state(saved_state)`.
+  """
+  ds = grain.MapDataset.range(num_steps).map(batches)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=num_threads, prefetch_buffer_size=prefetch))
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=2))
+  return iter(it_ds)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalItem:
+  """One clip of one tracklet: its frames (indices) and frame mask."""
+  position: int
+  indices: np.ndarray
+  mask: np.ndarray
+
+
+def clip_plan(num_frames: int, mode: str, clip_len: int) -> list[tuple[
+    np.ndarray, np.ndarray]]:
+  """Test-time clips of a tracklet: list of (frame indices, frame mask).
+
+  Modes (the evaluator averages a tracklet's clip embeddings):
+    all: the whole tracklet in one pass; padded to a length bucket with
+      `clip_len` as the smallest bucket (lengths round up to clip_len times a
+      power of two) and masked, so varied lengths compile a few times only.
+    dense: non-overlapping T-frame clips covering the tracklet; the last,
+      shorter one is masked (mask False on its padding).
+    every_frame: a T-frame clip starting at every frame (M3D's protocol),
+      loop-padded at the end of the tracklet.
+    evenly: one clip of T evenly spaced frames.
+  """
+  from vreid_jax.evaluation import aggregation  # pylint: disable=g-import-not-at-top
+  return aggregation.clip_plan(num_frames, mode, clip_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatch:
+  """Plan of one eval batch: items padded to `batch_size` (position -1)."""
+  items: tuple[EvalItem, ...]
+  clip_len: int
+
+
+def eval_batches_plan(num_frames: Sequence[int], mode: str, clip_len: int,
+                      batch_size: int, *, max_frames_per_batch: int = 0,
+                      multiple_of: int = 1) -> list[EvalBatch]:
+  """Groups the clips of every tracklet into fixed-shape batches.
+
+  Clips of equal length share batches; in "all" mode a long bucket gets a
+  smaller batch so that batch * length stays under `max_frames_per_batch`
+  (rounded to `multiple_of`, the number of devices).
+  """
+  by_len: dict[int, list[EvalItem]] = {}
+  for pos, n in enumerate(num_frames):
+    for idx, mask in clip_plan(int(n), mode, clip_len):
+      by_len.setdefault(len(idx), []).append(EvalItem(pos, idx, mask))
+  batches = []
+  for length in sorted(by_len):
+    items = by_len[length]
+    bs = batch_size
+    if max_frames_per_batch:
+      bs = min(bs, max(1, max_frames_per_batch // length))
+    bs = max(multiple_of, bs - bs % multiple_of)
+    for i in range(0, len(items), bs):
+      chunk = items[i:i + bs]
+      pad = EvalItem(-1, np.zeros(length, np.int64), np.zeros(length, bool))
+      chunk = chunk + [pad] * (bs - len(chunk))
+      batches.append(EvalBatch(tuple(chunk), length))
+  return batches
+
+
+class EvalBatches:
+  """Maps an eval batch number to its decoded local batch (picklable)."""
+
+  def __init__(self, name: str, data_dir: str, split: str,
+               records: Sequence[int], plan: Sequence[EvalBatch], height: int,
+               width: int, process_index: int = 0, process_count: int = 1):
+    self.name, self.data_dir, self.split = name, data_dir, split
+    self.records = tuple(int(r) for r in records)
+    self.plan = tuple(plan)
+    self.height, self.width = height, width
+    self.process_index, self.process_count = process_index, process_count
+
+  def __len__(self) -> int:
+    return len(self.plan)
+
+  def __call__(self, i: int) -> dict[str, np.ndarray]:
+    batch = self.plan[int(i)]
+    n = len(batch.items) // self.process_count
+    items = batch.items[self.process_index * n:(self.process_index + 1) * n]
+    source = _data_source(self.name, self.data_dir, self.split)
+    clips = np.zeros((n, batch.clip_len, self.height, self.width, 3),
+                     np.uint8)
+    for j, item in enumerate(items):
+      if item.position < 0:
+        continue
+      frames = source[self.records[item.position]]["frames"]
+      clips[j, item.mask] = augment.decode_clip(
+          frames, item.indices[item.mask], self.height, self.width)
+    return {
+        "clips": clips,
+        "mask": np.stack([it.mask for it in items]),
+        "position": np.asarray([it.position for it in items], np.int32),
+    }
+
+
+def eval_iterator(batches: EvalBatches, *, num_workers: int = 0,
+                  num_threads: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  ds = grain.MapDataset.range(len(batches)).map(batches)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                               prefetch_buffer_size=4))
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers))
+  return iter(it_ds)

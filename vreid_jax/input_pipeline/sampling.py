@@ -1,0 +1,113 @@
+"""Index logic of the input pipeline: identity-balanced batches and clips.
+
+Everything here is pure NumPy on integer arrays, deterministic given a
+`np.random.Generator`, and independent of how frames are stored.
+
+Identity-balanced (PK) batches (Hermans et al., 2017): each batch holds P
+identities with K tracklets each. An epoch plan is built the way the common
+ReID samplers build it: every identity's tracklets are shuffled (sampled with
+replacement when it has fewer than K) and cut into chunks of K; batches then
+draw P distinct identities that still have chunks. An epoch ends when fewer
+than P identities have chunks left.
+
+Clip sampling (`sample_clip`), T frames from a tracklet of L frames:
+  consecutive: T consecutive frames from a uniformly random start; a tracklet
+    shorter than T is loop-padded (0,1,..,L-1,0,1,..). The papers' default.
+  evenly: T frames evenly spaced over the whole tracklet (random offset
+    inside each stride during training, the stride's first frame otherwise).
+  restricted: the tracklet is cut into T equal segments and one random frame
+    is drawn from each (TSN-style "restricted random"); at test time the
+    middle frame of each segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+CLIP_MODES = ("consecutive", "evenly", "restricted")
+
+
+def pk_epoch_plan(pids: np.ndarray, p: int, k: int,
+                  rng: np.random.Generator) -> np.ndarray:
+  """Returns an (num_batches, p*k) array of positions into `pids`.
+
+  Args:
+    pids: (N,) identity of each training tracklet.
+    p: identities per batch.
+    k: tracklets per identity.
+    rng: the epoch's random generator.
+
+  Raises:
+    ValueError: fewer than p identities.
+  """
+  pids = np.asarray(pids)
+  unique = np.unique(pids)
+  if len(unique) < p:
+    raise ValueError(
+        f"the training set has {len(unique)} identities, fewer than "
+        f"input.num_ids_per_batch (P) = {p}: lower P")
+  chunks: dict[int, list[np.ndarray]] = {}
+  for pid in unique:
+    members = np.flatnonzero(pids == pid)
+    if len(members) < k:
+      members = rng.choice(members, size=k, replace=True)
+    else:
+      members = rng.permutation(members)
+    n = len(members) // k
+    chunks[int(pid)] = [members[i * k:(i + 1) * k] for i in range(n)]
+  batches = []
+  available = [pid for pid in chunks if chunks[pid]]
+  while len(available) >= p:
+    chosen = rng.choice(len(available), size=p, replace=False)
+    chosen_pids = [available[i] for i in chosen]
+    batches.append(np.concatenate([chunks[pid].pop() for pid in chosen_pids]))
+    available = [pid for pid in available if chunks[pid]]
+  return np.stack(batches).astype(np.int64)
+
+
+def sample_clip(num_frames: int, clip_len: int, mode: str,
+                rng: np.random.Generator | None) -> np.ndarray:
+  """Returns (clip_len,) frame indices into a tracklet of `num_frames`.
+
+  Args:
+    num_frames: tracklet length L >= 1.
+    clip_len: T.
+    mode: one of CLIP_MODES.
+    rng: random generator for training; None for the deterministic test-time
+      version (start 0 / first or middle frame of each segment).
+  """
+  if num_frames < 1:
+    raise ValueError("a tracklet has no frame")
+  if mode == "consecutive":
+    if num_frames >= clip_len:
+      start = 0 if rng is None else int(rng.integers(0, num_frames - clip_len
+                                                      + 1))
+      return np.arange(start, start + clip_len)
+    return np.arange(clip_len) % num_frames
+  if mode == "evenly":
+    edges = np.arange(clip_len) * (num_frames / clip_len)
+    if rng is None:
+      return np.floor(edges).astype(np.int64)
+    stride = num_frames / clip_len
+    offset = rng.uniform(0, stride, size=clip_len)
+    return np.minimum(np.floor(edges + offset), num_frames - 1).astype(
+        np.int64)
+  if mode == "restricted":
+    bounds = np.linspace(0, num_frames, clip_len + 1)
+    lo = np.floor(bounds[:-1]).astype(np.int64)
+    hi = np.maximum(np.ceil(bounds[1:]).astype(np.int64), lo + 1)
+    hi = np.minimum(hi, num_frames)
+    if rng is None:
+      return (lo + hi - 1) // 2
+    return lo + np.floor(rng.uniform(size=clip_len) * (hi - lo)).astype(
+        np.int64)
+  raise ValueError(f"input.clip_sampling must be one of {CLIP_MODES}, "
+                   f"got {mode!r}")
+
+
+def contiguous_labels(pids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  """Maps identities to 0..C-1 (sorted by pid). Returns (labels, classes)."""
+  classes, labels = np.unique(np.asarray(pids), return_inverse=True)
+  return labels.astype(np.int32), classes

@@ -1,0 +1,58 @@
+r"""Trains and evaluates a video ReID model.
+
+  python -m vreid_jax.main --config=configs/demo.py --workdir=/tmp/demo
+  python -m vreid_jax.main --config=configs/gltr_mars.py:runlocal \
+      --workdir=/tmp/gltr --config.dataset.data_dir=~/tensorflow_datasets
+
+Rerunning the same command resumes from the workdir's latest checkpoint.
+"""
+
+import os
+import sys
+
+
+def _configs_on_path(argv) -> None:
+  """Lets `configs/x.py` import `configs.common` from any working dir."""
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+      if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+_configs_on_path(sys.argv)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from vreid_jax import parallel
+from vreid_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:variant]).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, summaries and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  if config.get("jax_cache_dir"):
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(config.jax_cache_dir))
+  parallel.initialize_distributed(config.distributed)
+  logging.info("JAX %s, process %d/%d, local devices: %s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_devices())
+  train.train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,140 @@
+"""Small helpers shared by every model: dtypes, time folding, masks, shapes.
+
+Conventions used by all models of `vreid_jax.models`:
+
+* A clip batch is (B, T, H, W, 3); its mask is (B, T) bool, True for a real
+  frame. `mask=None` means every frame is real.
+* Per-frame layers see the clips folded to (B*T, ...) by `fold_time` and the
+  result is unfolded with `unfold_time`; both are plain reshapes so frame
+  (b, t) is row b*T + t.
+* Temporal reductions go through `masked_mean`, which never reads a padded
+  value (it selects with `jnp.where`, so even a NaN in a padded frame cannot
+  leak into the result).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DType = Any
+
+_DTYPES = {
+    "float32": jnp.float32,
+    "f32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "bf16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "f16": jnp.float16,
+    "float64": jnp.float64,
+}
+
+
+def resolve_dtype(dtype: str | DType | None) -> DType:
+  """Returns the jnp dtype named by `dtype` (a name string or a dtype).
+
+  Args:
+    dtype: "float32", "bfloat16", "float16" (or "f32", "bf16", "f16"), a
+      numpy/jnp dtype, or None (float32).
+
+  Returns:
+    The corresponding jnp dtype.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if dtype is None:
+    return jnp.float32
+  if isinstance(dtype, str):
+    try:
+      return _DTYPES[dtype.lower()]
+    except KeyError:
+      raise ValueError(
+          f"Unknown dtype name {dtype!r}; expected one of "
+          f"{sorted(_DTYPES)}.") from None
+  return jnp.dtype(dtype).type
+
+
+def check_shape(x: jax.Array, expected: Sequence[int | None],
+                name: str) -> None:
+  """Raises a ValueError naming `name` unless `x.shape` matches `expected`.
+
+  Args:
+    x: the array to check.
+    expected: one entry per axis; None matches any size.
+    name: what `x` is, for the message (e.g. "gltr/clips (B, T, H, W, 3)").
+  """
+  shape = tuple(x.shape)
+  ok = len(shape) == len(expected) and all(
+      e is None or s == e for s, e in zip(shape, expected))
+  if not ok:
+    pretty = tuple("?" if e is None else e for e in expected)
+    raise ValueError(f"{name}: expected shape {pretty}, got {shape}.")
+
+
+def fold_time(x: jax.Array) -> jax.Array:
+  """Folds (B, T, ...) into (B*T, ...): frame (b, t) becomes row b*T + t."""
+  if x.ndim < 2:
+    raise ValueError(f"fold_time: expected (B, T, ...), got {x.shape}.")
+  return x.reshape((x.shape[0] * x.shape[1],) + tuple(x.shape[2:]))
+
+
+def unfold_time(x: jax.Array, batch_size: int) -> jax.Array:
+  """Inverse of `fold_time`: (B*T, ...) back to (B, T, ...)."""
+  if x.ndim < 1 or x.shape[0] % batch_size:
+    raise ValueError(
+        f"unfold_time: leading axis of {x.shape} is not a multiple of the "
+        f"batch size {batch_size}.")
+  return x.reshape((batch_size, x.shape[0] // batch_size) + tuple(x.shape[1:]))
+
+
+def frame_mask(mask: jax.Array | None, batch_size: int,
+               num_frames: int) -> jax.Array:
+  """Returns `mask` as a (B, T) bool array (all True when None), checked."""
+  if mask is None:
+    return jnp.ones((batch_size, num_frames), dtype=bool)
+  check_shape(mask, (batch_size, num_frames), "mask (B, T)")
+  return jnp.asarray(mask).astype(bool)
+
+
+def expand_mask(mask: jax.Array, ndim: int) -> jax.Array:
+  """Appends singleton axes to `mask` until it has `ndim` axes."""
+  return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
+
+
+def masked_mean(x: jax.Array, mask: jax.Array | None,
+                axis: int = 1) -> jax.Array:
+  """Mean of `x` over `axis`, counting only entries where `mask` is True.
+
+  Args:
+    x: array, e.g. (B, T, D) frame features.
+    mask: bool array whose shape is a prefix of `x.shape` (e.g. (B, T)) and
+      covers `axis`; None averages everything.
+    axis: the axis to average over (must be one of the mask's axes).
+
+  Returns:
+    `x` averaged over `axis`. Entries where `mask` is False are never read
+    (selected away with `jnp.where`). Rows with no True entry give 0.
+  """
+  if mask is None:
+    return jnp.mean(x, axis=axis)
+  axis = axis % x.ndim
+  if mask.ndim > x.ndim or tuple(x.shape[:mask.ndim]) != tuple(mask.shape):
+    raise ValueError(
+        f"masked_mean: mask shape {mask.shape} is not a prefix of "
+        f"{x.shape}.")
+  if axis >= mask.ndim:
+    raise ValueError(f"masked_mean: axis {axis} is not covered by the mask.")
+  m = expand_mask(mask.astype(bool), x.ndim)
+  total = jnp.sum(jnp.where(m, x, jnp.zeros((), x.dtype)), axis=axis)
+  count = jnp.sum(m, axis=axis).astype(x.dtype)
+  return total / jnp.maximum(count, 1)
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in a pytree of arrays."""
+  return int(sum(np.prod(np.shape(l)) for l in jax.tree_util.tree_leaves(tree)))
