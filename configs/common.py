@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The model: vreid_jax.models.<model_name>.Model(num_classes=..., **model).
   c.model_name = "baseline"
   c.model = ml_collections.ConfigDict(dict(
-      backbone="resnet50", width=64, last_stride=1, embed_dim=0,
+      arch="resnet50", width=64, last_stride=1, embed_dim=0,
       neck_feat="after", dtype="float32"))
 
   # The dataset: a TFDS builder of vreid_jax.datasets.

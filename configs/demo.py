@@ -12,14 +12,14 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  """Variants: '' (the demo) and 'tiny' (seconds; used by the tests)."""
   c = common.get_config()
   c.seed = 0
   c.num_steps = 300
   c.num_epochs = -1.0
   c.log_every_steps = 25
   c.model_name = "baseline"
-  c.model.backbone = "resnet18"
+  c.model.arch = "resnet18"
   c.model.width = 16
   c.model.last_stride = 1
   c.model.embed_dim = 128
@@ -41,4 +41,21 @@ def get_config(arg=None):
   c.eval.clip_len = 8
   c.eval.batch_size = 64
   c.checkpoint.every_steps = 100
+  if arg == "tiny":
+    c.dataset.config = "tiny"
+    c.num_steps = 4
+    c.log_every_steps = 2
+    c.model.width = 4
+    c.model.embed_dim = 16
+    c.input.height, c.input.width = 16, 8
+    c.input.clip_len = 2
+    c.input.num_ids_per_batch = 4
+    c.input.num_per_id = 2
+    c.input.pad = 1
+    c.eval.clip_len = 4
+    c.eval.batch_size = 16
+    c.checkpoint.every_steps = 2
+    c.eval.plots = False
+  elif arg:
+    raise ValueError(f"configs/demo.py has variants '' and 'tiny', not {arg!r}")
   return c

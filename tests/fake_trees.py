@@ -61,13 +61,15 @@ def image_bytes(size: tuple[int, int], color: tuple[int, int, int] = (90, 120,
 
 def moving_square_bytes(size: tuple[int, int], t: int,
                         fmt: str = "PNG") -> bytes:
-  """A bright square moving 2 px to the right per frame t (for flow tests)."""
+  """A textured square moving 2 px to the right per frame t (flow tests)."""
   h, w = size
-  arr = np.full((h, w, 3), 40, np.uint8)
+  arr = np.repeat(np.random.default_rng(1).integers(0, 50, (h, w, 1)), 3,
+                  axis=2).astype(np.uint8)  # Static texture.
   side = max(4, min(h, w) // 3)
   y0 = (h - side) // 2
   x0 = min(w - side, 2 + 2 * t)
-  arr[y0:y0 + side, x0:x0 + side] = 220
+  texture = np.random.default_rng(0).integers(60, 255, (side, side, 1))
+  arr[y0:y0 + side, x0:x0 + side] = texture.astype(np.uint8)
   buf = io.BytesIO()
   Image.fromarray(arr).save(buf, format=fmt)
   return buf.getvalue()
@@ -94,7 +96,7 @@ def corrupt_file(path: str) -> None:
     f.write(b"\xff\xd8\xff\xe0 this is not a JPEG any more")
 
 
-# --- MARS -----------------------------------------------------------------------
+# --- MARS ---------------------------------------------------------------------
 MarsSpec = tuple[int, int, int, Sequence[int]]  # pid, camera, tracklet, frames
 
 MARS_TRAIN: list[MarsSpec] = [
@@ -193,35 +195,87 @@ def make_mars_tree(root: str, *, train: Sequence[MarsSpec] = tuple(MARS_TRAIN),
   return out
 
 
-def make_mars_images_for(root: str, protocol_dir: str, pids: Iterable[int],
-                         *, size: tuple[int, int] = MARS_SIZE) -> int:
-  """Copies the real MARS info files and writes frames for some pids only.
+def read_mars_protocol(protocol_dir: str) -> dict[str, Any]:
+  """Reads the real MARS info files plainly (independently of the builder)."""
+  import scipy.io  # pylint: disable=g-import-not-at-top
+  out: dict[str, Any] = {}
+  for split in ("train", "test"):
+    with open(os.path.join(protocol_dir, f"{split}_name.txt"), "rb") as f:
+      out[f"{split}_names"] = [ln.decode().strip() for ln in f
+                               if ln.strip()]
+    out[f"{split}_table"] = scipy.io.loadmat(os.path.join(
+        protocol_dir, f"tracks_{split}_info.mat"))[f"track_{split}_info"]
+  out["query_idx"] = scipy.io.loadmat(os.path.join(
+      protocol_dir, "query_IDX.mat"))["query_IDX"].reshape(-1).astype(int)
+  return out
 
-  Used to test the builder's parsing of the real protocol files: the frames
-  of every other tracklet are absent, so build with `skip_corrupt=True`.
+
+def expected_mars_tracklet(names: Sequence[str], row: Sequence[int],
+                           split: str) -> ExpectedTracklet:
+  """What the record of one [start, end, pid, camera] row must hold."""
+  start, end, pid, cam = (int(x) for x in row[:4])
+  frames = names[start - 1:end]
+  return ExpectedTracklet(
+      pid=pid, camid=cam, tracklet_id=int(frames[0][7:11]),
+      frame_numbers=[int(n[12:15]) for n in frames],
+      is_distractor=pid == 0, is_junk=pid == -1,
+      path=os.path.join("MARS", f"bbox_{split}", frames[0][:4], frames[0]))
+
+
+def make_mars_subset_tree(root: str, protocol_dir: str, *,
+                          train_rows: Sequence[int], test_rows: Sequence[int],
+                          size: tuple[int, int] = MARS_SIZE,
+                          ) -> dict[str, list[ExpectedTracklet]]:
+  """A MARS tree restricted to some rows of the REAL protocol files.
+
+  The chosen rows (0-based, of track_train_info / track_test_info) keep
+  their real frame names, pids and cameras; the name lists, the tables
+  (start/end renumbered) and query_IDX (the real queries among the chosen
+  test rows, in query_IDX order, renumbered) are rewritten consistently, and
+  a frame file is written for every name.
 
   Returns:
-    The number of frame files written.
+    {"train", "query", "gallery"}: expected records in builder order.
   """
+  real = read_mars_protocol(protocol_dir)
+  mars = os.path.join(root, "MARS")
+  data = image_bytes(tuple(size))
+  new: dict[str, Any] = {}
+  expected: dict[str, list[ExpectedTracklet]] = {}
+  for split, rows in (("train", train_rows), ("test", test_rows)):
+    names, table, exp = [], [], []
+    for r in sorted(rows):
+      row = real[f"{split}_table"][r]
+      frames = real[f"{split}_names"][row[0] - 1:row[1]]
+      table.append([len(names) + 1, len(names) + len(frames), row[2], row[3]])
+      names += frames
+      exp.append(expected_mars_tracklet(real[f"{split}_names"], row, split))
+      for name in frames:
+        write_image(os.path.join(mars, f"bbox_{split}", name[:4], name), size,
+                    data=data)
+    new[split] = (names, np.asarray(table, np.int32))
+    expected[split] = exp
+  new_row = {r: k + 1 for k, r in enumerate(sorted(test_rows))}
+  query = [new_row[q - 1] for q in real["query_idx"] if q - 1 in new_row]
+  write_mars_info(os.path.join(mars, "info"), new["train"][0],
+                  new["test"][0], new["train"][1], new["test"][1], query)
+  test = expected.pop("test")
+  expected["query"] = [test[q - 1] for q in query]
+  expected["gallery"] = [t for k, t in enumerate(test) if k + 1 not in query]
+  return expected
+
+
+def copy_mars_protocol(root: str, protocol_dir: str) -> str:
+  """`root/MARS` with the real info files and empty frame folders."""
   import shutil  # pylint: disable=g-import-not-at-top
   mars = os.path.join(root, "MARS")
   os.makedirs(os.path.join(mars, "info"), exist_ok=True)
+  for split in ("train", "test"):
+    os.makedirs(os.path.join(mars, f"bbox_{split}"), exist_ok=True)
   for f in ("train_name.txt", "test_name.txt", "tracks_train_info.mat",
             "tracks_test_info.mat", "query_IDX.mat"):
     shutil.copy(os.path.join(protocol_dir, f), os.path.join(mars, "info", f))
-  wanted = {mars_pid_str(p) for p in pids}
-  data = image_bytes(tuple(size))
-  count = 0
-  for split in ("train", "test"):
-    os.makedirs(os.path.join(mars, f"bbox_{split}"), exist_ok=True)
-    with open(os.path.join(protocol_dir, f"{split}_name.txt")) as f:
-      for line in f:
-        name = line.strip()
-        if name[:4] in wanted:
-          write_image(os.path.join(mars, f"bbox_{split}", name[:4], name),
-                      size, data=data)
-          count += 1
-  return count
+  return mars
 
 
 # --- DukeMTMC-VideoReID -------------------------------------------------------
@@ -287,9 +341,10 @@ def make_duke_tree(root: str, *,
   return out
 
 
-# --- Two-camera datasets: iLIDS-VID, PRID-2011, SDU-VID ------------------------
+# --- Two-camera datasets: iLIDS-VID, PRID-2011, SDU-VID -----------------------
 def _two_camera_expected(frames: Mapping[int, Mapping[int, Sequence[int]]],
-                         pids: Iterable[int], path_of) -> list[ExpectedTracklet]:
+                         pids: Iterable[int],
+                         path_of) -> list[ExpectedTracklet]:
   out = []
   for pid in sorted(pids):
     for cam in sorted(frames):
@@ -321,15 +376,16 @@ def make_ilids_tree(root: str, *, pids: Sequence[int] = (1, 2, 4, 5, 7, 8, 10,
                     None,
                     ls_set: np.ndarray | None = None, num_trials: int = 10,
                     seed: int = 0, size: tuple[int, int] = ILIDS_SIZE,
-                    ) -> dict[str, Any]:
+                    moving: bool = False) -> dict[str, Any]:
   """Writes `root/i-LIDS-VID/sequences/cam{1,2}/personNNN/` and the splits.
 
   `ls_set` (trials x persons, 1-based rows of the sorted cam1 person
   folders; first half test, second half train) defaults to seeded
-  permutations.
+  permutations. With `moving`, frames show a square moving 2 px right per
+  frame (for the optical flow tests) instead of a flat colour.
 
   Returns:
-    {"all": expected records, "trials": [{"train": pids, "test": pids}],
+    {"tracklets": expected records, "trials": [{"train": pids, "test": pids}],
      "ls_set": the array written}.
   """
   frames = default_two_camera_frames(pids, seed=seed) if frames is None else (
@@ -338,11 +394,12 @@ def make_ilids_tree(root: str, *, pids: Sequence[int] = (1, 2, 4, 5, 7, 8, 10,
   for cam, per_pid in frames.items():
     os.makedirs(os.path.join(seq, f"cam{cam}"), exist_ok=True)
     for pid, numbers in per_pid.items():
-      for fr in numbers:
+      for t, fr in enumerate(sorted(numbers)):
         write_image(os.path.join(
             seq, f"cam{cam}", f"person{pid:03d}",
             f"cam{cam}_person{pid:03d}_{fr:05d}.png"), size, fmt="PNG",
-                    color=_color(pid, cam))
+                    color=_color(pid, cam),
+                    data=moving_square_bytes(size, t) if moving else None)
   cam1 = sorted(frames[1])
   if ls_set is None:
     rng = np.random.default_rng(seed + 1)
@@ -354,15 +411,18 @@ def make_ilids_tree(root: str, *, pids: Sequence[int] = (1, 2, 4, 5, 7, 8, 10,
   scipy.io.savemat(os.path.join(split_dir, "train_test_splits_ilidsvid.mat"),
                    {"ls_set": ls_set})
   half = ls_set.shape[1] // 2
-  trials = [{"test": sorted(cam1[int(i) - 1] for i in row[:half]),
-             "train": sorted(cam1[int(i) - 1] for i in row[half:])}
-            for row in ls_set]
+  if 1 <= ls_set.min() and ls_set.max() <= len(cam1):
+    trials = [{"test": sorted(cam1[int(i) - 1] for i in row[:half]),
+               "train": sorted(cam1[int(i) - 1] for i in row[half:])}
+              for row in ls_set]
+  else:  # A deliberately broken file.
+    trials = None
   all_pids = set(frames[1]) | set(frames[2])
   expected = _two_camera_expected(
       frames, all_pids, lambda c, p, f: os.path.join(
           "i-LIDS-VID", "sequences", f"cam{c}", f"person{p:03d}",
           f"cam{c}_person{p:03d}_{f:05d}.png"))
-  return {"all": expected, "trials": trials, "ls_set": ls_set}
+  return {"tracklets": expected, "trials": trials, "ls_set": ls_set}
 
 
 def make_prid_tree(root: str, *,
@@ -378,7 +438,7 @@ def make_prid_tree(root: str, *,
   names) is written to `root/<splits_path>` unless `splits_path` is None.
 
   Returns:
-    {"all": expected records (persons in both cameras), "trials": pids,
+    {"tracklets": expected records (persons in both cameras), "trials": pids,
      "excluded_pids": {"cam_a_only": [...], "cam_b_only": [...]}}.
   """
   if frames is None:
@@ -410,7 +470,7 @@ def make_prid_tree(root: str, *,
           f"{f:04d}.png"))
   trials = [{k: sorted(int(n.split("_")[-1]) for n in s[k])
              for k in ("train", "test")} for s in splits]
-  return {"all": expected, "trials": trials,
+  return {"tracklets": expected, "trials": trials,
           "excluded_pids": {"cam_a_only": sorted(set(frames[1]) - both),
                             "cam_b_only": sorted(set(frames[2]) - both)}}
 
@@ -421,7 +481,7 @@ def make_sdu_tree(root: str, *, pids: Sequence[int] = (1, 2, 3, 4, 5, 6),
   """Writes `root/SDU-VID/cam{1,2}/personNNN/NNNNN.{png,jpg}` (sizes vary).
 
   Returns:
-    {"all": expected records}.
+    {"tracklets": expected records}.
   """
   frames = default_two_camera_frames(pids, seed=seed) if frames is None else (
       frames)
@@ -440,10 +500,10 @@ def make_sdu_tree(root: str, *, pids: Sequence[int] = (1, 2, 3, 4, 5, 6),
     ext = ".png" if p % 2 else ".jpg"
     return os.path.join("SDU-VID", f"cam{c}", f"person{p:03d}",
                         f"{f:05d}{ext}")
-  return {"all": _two_camera_expected(frames, all_pids, path_of)}
+  return {"tracklets": _two_camera_expected(frames, all_pids, path_of)}
 
 
-# --- LS-VID ------------------------------------------------------------------
+# --- LS-VID -------------------------------------------------------------------
 # pid, tracklet number, camera, frame numbers.
 LsvidSpec = tuple[int, int, int, Sequence[int]]
 
@@ -502,7 +562,7 @@ def make_lsvid_tree(root: str, *, query_format: str = "mat",
       f.write("".join(line + "\r\n" for line in lines))
     out[split] = expected
   test = out.pop("test")
-  out["query"] = [test[r - 1] for r in query_rows]
+  out["query"] = [test[r - 1] for r in query_rows if 1 <= r <= len(test)]
   out["gallery"] = [t for i, t in enumerate(test) if i + 1 not in query_rows]
   rows = np.asarray(query_rows, np.float64)
   if query_format == "mat":
@@ -522,3 +582,41 @@ def make_lsvid_tree(root: str, *, query_format: str = "mat",
   else:
     raise ValueError(query_format)
   return out
+
+
+# --- building and reading -----------------------------------------------------
+def build(builder_cls, manual_dir: str | None, data_dir: str, **kwargs):
+  """Builds a dataset with `builder_cls` into data_dir; returns the builder."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = builder_cls(data_dir=data_dir, **kwargs)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+      file_format="array_record")
+  return builder
+
+
+def read_split(builder, split: str) -> list[dict[str, Any]]:
+  """Every record of a built split, decoded to plain Python values."""
+  source = builder.as_data_source(split=split)
+  out = []
+  for r in source:
+    out.append({
+        "frames": list(r["frames"]),
+        "frame_numbers": [int(x) for x in r["frame_numbers"]],
+        "pid": int(r["pid"]), "camid": int(r["camid"]),
+        "tracklet_id": int(r["tracklet_id"]),
+        "is_distractor": bool(r["is_distractor"]),
+        "is_junk": bool(r["is_junk"]),
+        "path": r["path"].decode() if isinstance(r["path"], bytes)
+                else str(r["path"]),
+    })
+  return out
+
+
+def summary(t) -> tuple:
+  """Comparable view of an ExpectedTracklet or a record read by read_split."""
+  if isinstance(t, ExpectedTracklet):
+    return (t.pid, t.camid, t.tracklet_id, list(t.frame_numbers),
+            t.is_distractor, t.is_junk, t.path)
+  return (t["pid"], t["camid"], t["tracklet_id"], t["frame_numbers"],
+          t["is_distractor"], t["is_junk"], t["path"])

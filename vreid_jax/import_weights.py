@@ -9,36 +9,41 @@ The input is a local torchvision state dict (.pth/.pt needs torch; or a
 "batch_stats/bn1/mean", ...); point `config.init_from.backbone_weights` at it
 (or directly at the .pth/.safetensors file): the trainer loads it with
 `vreid_jax.models.weights.merge_backbone`.
+
+Flags are parsed with argparse inside `main`, so importing this module
+registers no global flags.
 """
 
+from __future__ import annotations
+
+import argparse
 from collections.abc import Sequence
 
-from absl import app
-from absl import flags
 import numpy as np
 
 from vreid_jax.models import common
 from vreid_jax.models import resnet
 from vreid_jax.models import weights
 
-_ARCH = flags.DEFINE_enum("arch", "resnet50", sorted(resnet.ARCHS),
-                          "ResNet architecture of the weights.")
-_INPUT = flags.DEFINE_string("input", None,
-                             "torchvision weights: .pth, .safetensors or .npz.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output .npz path.")
-flags.mark_flags_as_required(["input", "output"])
 
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  flat = weights.convert_file(_INPUT.value, arch=_ARCH.value)
-  np.savez(_OUTPUT.value, **flat)
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m vreid_jax.import_weights",
+      description="Convert torchvision ResNet weights to a Flax backbone .npz.")
+  parser.add_argument("--arch", default="resnet50",
+                      choices=sorted(resnet.ARCHS),
+                      help="ResNet architecture of the weights.")
+  parser.add_argument("--input", required=True,
+                      help="torchvision weights: .pth, .safetensors or .npz.")
+  parser.add_argument("--output", required=True, help="Output .npz path.")
+  args = parser.parse_args(argv)
+  flat = weights.convert_file(args.input, arch=args.arch)
+  np.savez(args.output, **flat)
   num_params = common.count_params(
-      {k: v for k, v in flat.items() if k.startswith("params/")})
+      [v for k, v in flat.items() if k.startswith("params/")])
   print(f"Wrote {len(flat)} arrays ({num_params:,} parameters) of the "
-        f"{_ARCH.value} backbone to {_OUTPUT.value}.")
+        f"{args.arch} backbone to {args.output}.")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -79,14 +79,19 @@ def build_model(config, num_classes: int) -> nn.Module:
 
 
 def init_variables(model: nn.Module, rng: jax.Array, clip_shape):
-  """Initialises the model on a dummy clip batch of `clip_shape`."""
-  clips = jnp.zeros(clip_shape, jnp.float32)
-  mask = jnp.ones(clip_shape[:2], bool)
-  params_rng, dropout_rng = jax.random.split(rng)
-  variables = model.init({"params": params_rng, "dropout": dropout_rng},
-                         clips, mask, train=False)
-  return {"params": variables["params"],
-          "batch_stats": variables.get("batch_stats", {})}
+  """Initialises the model on a dummy clip batch of `clip_shape` (jitted)."""
+
+  @jax.jit
+  def init(rng):
+    clips = jnp.zeros(clip_shape, jnp.float32)
+    mask = jnp.ones(clip_shape[:2], bool)
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng},
+                           clips, mask, train=False)
+    return {"params": variables["params"],
+            "batch_stats": variables.get("batch_stats", {})}
+
+  return init(rng)
 
 
 def create_train_state(variables, tx: optax.GradientTransformation,
@@ -123,7 +128,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
                             batch_stats=updates.get("batch_stats",
                                                     state.batch_stats),
                             opt_state=opt_state)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads),
              "lr": schedule(state.step)}
   metrics.update({f"loss/{k}": v for k, v in terms.items()})
   return new_state, metrics
@@ -179,7 +184,7 @@ def initial_variables(config, model, rng, clip_shape):
   if init.backbone_weights:
     from vreid_jax.models import weights  # pylint: disable=g-import-not-at-top
     variables = weights.merge_backbone(
-        variables, init.backbone_weights, arch=config.model.backbone)
+        variables, init.backbone_weights, arch=config.model.arch)
     logging.info("Initialised the backbone from %s", init.backbone_weights)
   if init.checkpoint:
     source = ckpt_lib.restore_params(init.checkpoint)

@@ -237,8 +237,10 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                          strict=True)):
         name = src if isinstance(src, str) else f"{t.path}[{i}]"
         try:
-          frames.append(read_frame(src, name=name,
-                                   expected_size=self.IMAGE_SIZE))
+          data = read_frame(src, name=name, expected_size=self.IMAGE_SIZE)
+          # A checked path is read again when its record is written, so a
+          # build never holds a whole dataset (MARS: 1.19M frames) in memory.
+          frames.append(src if isinstance(src, str) else data)
         except CorruptImageError as e:
           if not self.skip_corrupt:
             raise CorruptImageError(
@@ -270,7 +272,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self, tracklets: Sequence[Tracklet]) -> Iterator[tuple[int, dict]]:
     for key, t in enumerate(tracklets):
       example = {
-          "frames": list(t.frames),
+          "frames": [_frame_bytes(f) for f in t.frames],
           "frame_numbers": np.asarray(t.frame_numbers, np.int32),
           "pid": t.pid,
           "camid": t.camid,
@@ -282,6 +284,14 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       for k in self.EXTRA_FEATURES:
         example[k] = t.extra[k]
       yield key, example
+
+
+def _frame_bytes(frame: str | bytes) -> bytes:
+  """A checked frame's bytes: read from its path, or already in memory."""
+  if isinstance(frame, str):
+    with open(frame, "rb") as f:
+      return f.read()
+  return frame
 
 
 def _plain(value: Any) -> Any:

@@ -51,27 +51,44 @@ def l2_normalize(x: Any, eps: float = 1e-12) -> np.ndarray:
   return x / np.maximum(norm, eps)
 
 
-def _prepare(x: Any, metric: str, normalize: bool,
-             dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def prepare_features(x: Any, metric: str, normalize: bool,
+                     dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
   """Features in the compute dtype (normalised if asked) and squared norms."""
   x = np.asarray(x, dtype=dtype)
   if x.ndim != 2:
     raise ValueError(f"features must be 2-D (num, dim), got {x.shape}")
   if normalize or metric == "cosine":
     x = l2_normalize(x).astype(dtype, copy=False)
-  sq = (x * x).sum(axis=1)
-  return np.ascontiguousarray(x), sq
+  x = np.ascontiguousarray(x)
+  sq = np.empty(x.shape[0], dtype)
+  for s in range(0, x.shape[0], 4096):      # row blocks: no (N, D) temporary
+    block = x[s:s + 4096]
+    sq[s:s + 4096] = (block * block).sum(axis=1)
+  return x, sq
 
 
-def _numpy_chunk(q: np.ndarray, q_sq: np.ndarray, g: np.ndarray,
-                 g_sq: np.ndarray, metric: str) -> np.ndarray:
-  """Distances of a query chunk to the gallery, few full-size passes."""
-  d = q @ g.T
+def distance_block(q: np.ndarray, q_sq: np.ndarray, g: np.ndarray,
+                   g_sq: np.ndarray, metric: str, *,
+                   out: np.ndarray | None = None,
+                   tmp: np.ndarray | None = None) -> np.ndarray:
+  """Distances of prepared query rows to prepared gallery rows (NumPy).
+
+  Squared distances are formed as (||q||^2 + ||g||^2) - 2 q.g, the order
+  most NumPy/PyTorch re-id code uses, so float32 results round alike.
+
+  Args:
+    q, q_sq, g, g_sq: outputs of `prepare_features`.
+    metric: one of METRICS.
+    out, tmp: optional C-contiguous (len(q), len(g)) buffers of the compute
+      dtype, reused across chunks to avoid fresh allocations (page faults
+      dominate the element-wise passes otherwise); `out` is returned.
+  """
+  d = np.matmul(q, g.T, out=out)
   if metric == "cosine":
     np.subtract(1, d, out=d)
     return d
   d *= -2                                  # exact; d = (qq + gg) - 2 q.g
-  d += np.add(q_sq[:, None], g_sq[None, :], dtype=d.dtype)
+  d += np.add(q_sq[:, None], g_sq[None, :], out=tmp, dtype=d.dtype)
   np.maximum(d, 0, out=d)
   if metric == "euclidean":
     np.sqrt(d, out=d)
@@ -83,10 +100,10 @@ def pairwise_distances(x: Any, y: Any, *, metric: str = "euclidean",
   """Dense (len(x), len(y)) distance matrix with NumPy (small inputs)."""
   check_metric(metric)
   dtype = compute_dtype(x, y)
-  xq, x_sq = _prepare(x, metric, normalize, dtype)
-  yg, y_sq = _prepare(y, metric, normalize, dtype)
+  xq, x_sq = prepare_features(x, metric, normalize, dtype)
+  yg, y_sq = prepare_features(y, metric, normalize, dtype)
   _check_dims(xq, yg)
-  return _numpy_chunk(xq, x_sq, yg, y_sq, metric)
+  return distance_block(xq, x_sq, yg, y_sq, metric)
 
 
 def _check_dims(q: np.ndarray, g: np.ndarray) -> None:
@@ -132,12 +149,12 @@ def distance_chunks(query: Any, gallery: Any, *, metric: str = "euclidean",
   check_metric(metric)
   if backend == "numpy":
     dtype = compute_dtype(query, gallery)
-    q, q_sq = _prepare(query, metric, normalize, dtype)
-    g, g_sq = _prepare(gallery, metric, normalize, dtype)
+    q, q_sq = prepare_features(query, metric, normalize, dtype)
+    g, g_sq = prepare_features(gallery, metric, normalize, dtype)
     _check_dims(q, g)
     for s in range(0, q.shape[0], chunk_size):
       e = min(s + chunk_size, q.shape[0])
-      yield s, e, _numpy_chunk(q[s:e], q_sq[s:e], g, g_sq, metric)
+      yield s, e, distance_block(q[s:e], q_sq[s:e], g, g_sq, metric)
   elif backend == "jax":
     yield from _jax_distance_chunks(query, gallery, metric=metric,
                                     normalize=normalize,

@@ -28,6 +28,7 @@ import numpy as np
 
 from vreid_jax.evaluation import distances as distances_lib
 from vreid_jax.evaluation import metrics as metrics_lib
+from vreid_jax.evaluation import rerank as rerank_lib
 
 BACKENDS = ("auto", "numpy", "jax")
 
@@ -114,22 +115,19 @@ def evaluate(query_features: Any, query_pids: Any, query_camids: Any,
     per_query = _jax_per_query(query_features, qp, qc, gallery_features,
                                gallery, metric=metric, normalize=normalize,
                                chunk=chunk)
+  elif rerank:
+    blocks = rerank_lib.k_reciprocal_rerank_chunks(
+        query_features, gallery_features, k1=rerank_k1, k2=rerank_k2,
+        lambda_value=rerank_lambda, metric=metric, normalize=normalize,
+        chunk_size=chunk)
+    per_query = metrics_lib.concat_per_query(
+        [metrics_lib.per_query_from_distances(d, qp[s:e], qc[s:e], gallery,
+                                              overwrite=True)
+         for s, e, d in blocks])
   else:
-    if rerank:
-      from vreid_jax.evaluation import rerank as rerank_lib  # pylint: disable=g-import-not-at-top
-      blocks = rerank_lib.k_reciprocal_rerank_chunks(
-          query_features, gallery_features, k1=rerank_k1, k2=rerank_k2,
-          lambda_value=rerank_lambda, metric=metric, normalize=normalize,
-          chunk_size=chunk)
-    else:
-      blocks = distances_lib.distance_chunks(
-          np.asarray(query_features), np.asarray(gallery_features),
-          metric=metric, normalize=normalize, chunk_size=chunk,
-          backend="numpy")
-    parts = [metrics_lib.per_query_from_distances(d, qp[s:e], qc[s:e],
-                                                  gallery, overwrite=True)
-             for s, e, d in blocks]
-    per_query = metrics_lib.concat_per_query(parts)
+    per_query = _numpy_per_query(query_features, qp, qc, gallery_features,
+                                 gallery, metric=metric, normalize=normalize,
+                                 chunk=chunk)
   out = metrics_lib.summarize(per_query, ap=ap, max_rank=max_rank)
   out.update(metric=metric, normalize=bool(normalize), rerank=bool(rerank),
              backend=backend)
@@ -145,6 +143,33 @@ def evaluate_split(features: Any, pids: Any, camids: Any, split: Any,
   q, g = split.query, split.gallery
   return evaluate(features[q], pids[q], camids[q], features[g], pids[g],
                   camids[g], gallery_junk=split.gallery_junk, **kwargs)
+
+
+def _numpy_per_query(query_features, qp, qc, gallery_features, gallery, *,
+                     metric, normalize, chunk) -> metrics_lib.PerQuery:
+  """Host path: BLAS distances, value sort + binary search, per chunk.
+
+  Two (chunk, n) buffers are allocated once and reused by every chunk: one
+  for the distances, one for the temporary norm sum and then the sorted
+  rows.
+  """
+  qf, gf = np.asarray(query_features), np.asarray(gallery_features)
+  dtype = distances_lib.compute_dtype(qf, gf)
+  q, q_sq = distances_lib.prepare_features(qf, metric, normalize, dtype)
+  g, g_sq = distances_lib.prepare_features(gf, metric, normalize, dtype)
+  rows = min(chunk, max(q.shape[0], 1))
+  dist_buf = np.empty((rows, g.shape[0]), dtype)
+  work_buf = np.empty((rows, g.shape[0]), dtype)
+  parts = []
+  for s in range(0, q.shape[0], rows):
+    e = min(s + rows, q.shape[0])
+    d = distances_lib.distance_block(q[s:e], q_sq[s:e], g, g_sq, metric,
+                                     out=dist_buf[:e - s],
+                                     tmp=work_buf[:e - s])
+    parts.append(metrics_lib.per_query_from_distances(
+        d, qp[s:e], qc[s:e], gallery, overwrite=True,
+        sort_buffer=work_buf[:e - s]))
+  return metrics_lib.concat_per_query(parts)
 
 
 def _bucket(x: int) -> int:

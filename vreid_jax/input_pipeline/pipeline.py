@@ -329,18 +329,34 @@ def clip_plan(num_frames: int, mode: str, clip_len: int) -> list[tuple[
     np.ndarray, np.ndarray]]:
   """Test-time clips of a tracklet: list of (frame indices, frame mask).
 
-  Modes (the evaluator averages a tracklet's clip embeddings):
-    all: the whole tracklet in one pass; padded to a length bucket with
-      `clip_len` as the smallest bucket (lengths round up to clip_len times a
-      power of two) and masked, so varied lengths compile a few times only.
-    dense: non-overlapping T-frame clips covering the tracklet; the last,
-      shorter one is masked (mask False on its padding).
+  Modes (the evaluator averages a tracklet's clip embeddings; index logic in
+  `vreid_jax.evaluation.aggregation`):
+    all: the whole tracklet in one pass, padded to a power-of-two length
+      bucket of at least `clip_len` and masked, so varied lengths compile a
+      few times only.
+    dense: non-overlapping T-frame clips covering the tracklet; the last one
+      loop-padded from the tracklet's start (Gao & Nevatia's code).
     every_frame: a T-frame clip starting at every frame (M3D's protocol),
-      loop-padded at the end of the tracklet.
-    evenly: one clip of T evenly spaced frames.
+      wrapping around at the end of the tracklet.
+    evenly: one clip of T frames at the centres of T equal segments.
   """
-  from vreid_jax.evaluation import aggregation  # pylint: disable=g-import-not-at-top
-  return aggregation.clip_plan(num_frames, mode, clip_len)
+  from vreid_jax.evaluation import aggregation as agg  # pylint: disable=g-import-not-at-top
+  if mode == "all":
+    idx, mask = agg.all_frames_indices(
+        num_frames, agg.length_bucket(num_frames, min_length=clip_len))
+    return [(idx, mask)]
+  if mode == "dense":
+    idx, mask = agg.dense_clip_indices(num_frames, clip_len, pad="loop")
+  elif mode == "every_frame":
+    idx = agg.every_frame_clip_indices(num_frames, clip_len)
+    mask = np.ones(idx.shape, bool)
+  elif mode == "evenly":
+    idx = agg.evenly_sampled_indices(num_frames, clip_len)[None]
+    mask = np.ones(idx.shape, bool)
+  else:
+    raise ValueError("config.eval.mode must be all, dense, every_frame or "
+                     f"evenly, got {mode!r}")
+  return list(zip(idx, mask))
 
 
 @dataclasses.dataclass(frozen=True)

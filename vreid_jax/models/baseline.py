@@ -75,11 +75,13 @@ class Model(nn.Module):
     common.check_shape(clips, (None, None, None, None, 3),
                        "baseline: clips (B, T, H, W, 3)")
     b, t = clips.shape[:2]
-    mask = common.frame_mask(mask, b, t)
+    mask_arg, mask = mask, common.frame_mask(mask, b, t)
     dtype = common.resolve_dtype(self.dtype)
     param_dtype = common.resolve_dtype(self.param_dtype)
 
-    fmask = common.fold_time(mask)
+    # BatchNorm masks only when there is padding (an all-True mask would
+    # only add work).
+    fmask = None if mask_arg is None else common.fold_time(mask)
     fmap = resnet.ResNet(
         arch=self.arch, width=self.width, last_stride=self.last_stride,
         zero_init_residual=self.zero_init_residual, dtype=dtype,

@@ -72,7 +72,8 @@ def check_shape(x: jax.Array, expected: Sequence[int | None],
   ok = len(shape) == len(expected) and all(
       e is None or s == e for s, e in zip(shape, expected))
   if not ok:
-    pretty = tuple("?" if e is None else e for e in expected)
+    pretty = "(" + ", ".join("?" if e is None else str(e) for e in expected)
+    pretty += ",)" if len(expected) == 1 else ")"
     raise ValueError(f"{name}: expected shape {pretty}, got {shape}.")
 
 
@@ -138,3 +139,42 @@ def masked_mean(x: jax.Array, mask: jax.Array | None,
 def count_params(tree: Any) -> int:
   """Number of scalars in a pytree of arrays."""
   return int(sum(np.prod(np.shape(l)) for l in jax.tree_util.tree_leaves(tree)))
+
+
+def random_variables(module: Any, *args: Any, seed: int = 0,
+                     **kwargs: Any) -> Any:
+  """Random variables of `module` drawn in NumPy, for tests and demos.
+
+  `jax.eval_shape(module.init, ...)` gives the variable shapes without
+  compiling the initialisers (XLA's threefry RNG compiles slowly on CPU:
+  seconds per parameter on a loaded 2-core machine); leaves are then filled
+  with NumPy draws: kernels N(0, 1/fan_in), BatchNorm "scale" and "var"
+  U(0.5, 1.5), everything else N(0, 0.1^2). The paper's inits (e.g. GLTR's
+  W = 0) are not reproduced: use `module.init` for those.
+
+  Args:
+    module: a flax module.
+    *args: example inputs of `module.init` (after the rng).
+    seed: NumPy seed.
+    **kwargs: keyword arguments of `module.init` (e.g. `train=False`).
+
+  Returns:
+    A variables dict of float32 (or the declared dtype) jnp arrays.
+  """
+  shapes = jax.eval_shape(
+      lambda *a: module.init(jax.random.key(0), *a, **kwargs), *args)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = getattr(path[-1], "key", str(path[-1]))
+    shape = tuple(leaf.shape)
+    if name == "kernel":
+      fan_in = max(int(np.prod(shape[:-1])), 1)
+      value = rng.normal(size=shape) / np.sqrt(fan_in)
+    elif name in ("scale", "var"):
+      value = rng.uniform(0.5, 1.5, size=shape)
+    else:
+      value = rng.normal(0.0, 0.1, size=shape)
+    return jnp.asarray(value, dtype=leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)

@@ -28,8 +28,9 @@ models, so the stage-1 checkpoint initialises stage 2 subtree by subtree.
 Padding mask. Padded frames (mask False) provably do not change any output
 for real frames, in eval and in training:
 * DTP zeroes padded frames before each dilated conv, which is exactly the
-  conv's own zero "same" padding of the unpadded tracklet when the padding
-  is at the end (the pipeline's convention); TSA's 1-wide convs are per
+  conv's own zero "same" padding of the unpadded tracklet when the real
+  frames are contiguous (the pipeline pads at the end); TSA's 1-wide convs
+  are per
   frame; TSA gives padded frames -inf attention logits (the float32 minimum,
   so an all-padded row stays finite) and zero values; pooling is a masked
   mean (TPP bins are computed from each tracklet's real length).
@@ -301,7 +302,8 @@ class Model(nn.Module):
     arch: ResNet variant of the frame model ("resnet50" in the paper).
     width: ResNet base channels (64 = torchvision).
     last_stride: stride of the last ResNet stage (1 for ReID).
-    frame_dim: d, the per-frame feature dimension (paper: 128); 0 skips the
+    embed_dim: d, the per-frame feature dimension after the `reduction`
+      layer (paper: 128; the name matches the baseline); 0 skips the
       reduction layer.
     reduction_relu: ReLU after the reduction BN.
     temporal: "gltr", "dtp", "tsa", "avg", "pyramid_nodilation" or "tpp".
@@ -321,7 +323,7 @@ class Model(nn.Module):
   arch: str = "resnet50"
   width: int = 64
   last_stride: int = 1
-  frame_dim: int = 128
+  embed_dim: int = 128
   reduction_relu: bool = True
   temporal: str = "gltr"
   num_branches: int = 3
@@ -363,23 +365,25 @@ class Model(nn.Module):
     common.check_shape(clips, (None, None, None, None, 3),
                        "gltr: clips (B, T, H, W, 3)")
     b, t = clips.shape[:2]
-    mask = common.frame_mask(mask, b, t)
+    mask_arg, mask = mask, common.frame_mask(mask, b, t)
     dtype = common.resolve_dtype(self.dtype)
     param_dtype = common.resolve_dtype(self.param_dtype)
     rates = (tuple(self.rates) if self.rates is not None
              else default_rates(self.num_branches))
 
     # Frame features F (the stage-1 frame model's layers, same names).
-    fmask = common.fold_time(mask)
+    # BatchNorm masks only when there is padding (an all-True mask would
+    # only add work).
+    fmask = None if mask_arg is None else common.fold_time(mask)
     fmap = resnet.ResNet(
         arch=self.arch, width=self.width, last_stride=self.last_stride,
         zero_init_residual=self.zero_init_residual, dtype=dtype,
         param_dtype=param_dtype, name="backbone")(
             common.fold_time(clips), train=train, mask=fmask)
     x = resnet.global_avg_pool(fmap)
-    if self.frame_dim > 0:
+    if self.embed_dim > 0:
       x = heads.FrameReduction(
-          self.frame_dim, relu=self.reduction_relu, dtype=dtype,
+          self.embed_dim, relu=self.reduction_relu, dtype=dtype,
           param_dtype=param_dtype, name="reduction")(x, train=train,
                                                      mask=fmask)
     frames = common.unfold_time(x, b)

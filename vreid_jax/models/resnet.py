@@ -36,7 +36,6 @@ processed independently anyway).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn

@@ -152,7 +152,8 @@ def load_torchvision_resnet(path: str | os.PathLike) -> dict[str, np.ndarray]:
     weights = _read_pth(path)
   elif ext == ".safetensors":
     try:
-      from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+      # pylint: disable-next=g-import-not-at-top
+      from safetensors import numpy as st_numpy
       weights = dict(st_numpy.load_file(path))
     except ImportError:
       weights = read_safetensors(path)
@@ -338,6 +339,7 @@ def merge_backbone(variables: Mapping[str, Any],
   """
   if isinstance(weights, (str, os.PathLike)):
     weights = load_torchvision_resnet(weights)
+  weights = {k.removeprefix("module."): v for k, v in weights.items()}
   new = flax_backbone_weights(weights, arch=arch)
   variables = _to_dict(variables)  # A copy: the input is left untouched.
   missing, unexpected, mismatched = [], [], []

@@ -2,7 +2,9 @@
 
 Each publishes one folder per camera holding one folder per person with that
 person's frames: a single tracklet per (person, camera). The builders store
-the tracklets in one split, `all`, in (pid, camera) order, and the protocol's
+the tracklets in one split, `tracklets` (TFDS reserves the name `all`; since
+it is the only split, `tfds.data_source(name, split="all")` reads the same
+records), in (pid, camera) order, and the protocol's
 10 trials as `info.metadata["trials"]` = [{"train": pids, "test": pids}, ...]
 plus `info.metadata["protocol"]` (which split, which camera is the query and
 which the gallery). `vreid_jax.input_pipeline.splits.select_roles` turns a
@@ -20,6 +22,8 @@ import numpy as np
 
 from vreid_jax.datasets import base
 
+# The one split of these datasets (TFDS reserves the name "all").
+SPLIT = "tracklets"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 NUM_TRIALS = 10
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
@@ -61,8 +65,8 @@ def person_folders(cam_dir: str, pattern: re.Pattern[str],
   """
   out: dict[int, str] = {}
   for name in sorted(os.listdir(cam_dir)):
-    if not os.path.isdir(os.path.join(cam_dir, name)):
-      continue
+    if name.startswith(".") or not os.path.isdir(os.path.join(cam_dir, name)):
+      continue  # Files and hidden folders (.ipynb_checkpoints, ...).
     m = pattern.fullmatch(name)
     if m is None:
       raise ValueError(

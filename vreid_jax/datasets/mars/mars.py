@@ -70,6 +70,13 @@ manual_dir may also be the MARS folder itself.
 
 def parse_name(name: str) -> tuple[int, int, int, int] | None:
   """Returns (pid, camera, tracklet, frame) of a MARS frame name, or None."""
+  if (len(name) == 19 and name[4] == "C" and name[6] == "T" and
+      name[11] == "F" and name[15] == "." and name[7:11].isdigit() and
+      name[12:15].isdigit() and name[5].isdigit()):  # The published form.
+    pid_str = name[:4]
+    if pid_str.isdigit() or pid_str == "00-1":
+      return (-1 if pid_str == "00-1" else int(pid_str), int(name[5]),
+              int(name[7:11]), int(name[12:15]))
   m = _NAME_RE.match(name)
   if m is None:
     return None
@@ -122,17 +129,17 @@ class Mars(base.ReidBuilder):
     if not os.path.isdir(root) and os.path.isdir(
         os.path.join(manual_dir, "info")):
       root = manual_dir  # manual_dir is the MARS folder itself.
-    frames = "frames, from bbox_train.zip / bbox_test.zip"
     info = "MARS evaluation files, the info/ folder of MARS-evaluation"
-    required = [(os.path.join(root, "bbox_train") + "/", frames),
-                (os.path.join(root, "bbox_test") + "/", frames)]
+    required = [(os.path.join(root, f"bbox_{s}") + "/",
+                 f"frames, from bbox_{s}.zip") for s in ("train", "test")]
     required += [(os.path.join(root, "info", f), info) for f in _INFO_FILES]
     base.check_layout("MARS", manual_dir, required,
                       "See MANUAL_DOWNLOAD_INSTRUCTIONS of the mars builder "
                       "or data_prep/README.md.")
     return root
 
-  def _tracklets(self, manual_dir: str) -> Mapping[str, Sequence[base.Tracklet]]:
+  def _tracklets(
+      self, manual_dir: str) -> Mapping[str, Sequence[base.Tracklet]]:
     root = self.validate_layout(manual_dir)
     info = os.path.join(root, "info")
     notes: list[str] = []
@@ -191,6 +198,7 @@ class Mars(base.ReidBuilder):
           "together")
     folder = os.path.join(root, f"bbox_{split}")
     rel_root = os.path.relpath(folder, manual_dir)
+    sep = os.sep
     out = []
     for row, (start, end, pid, cam) in enumerate(table[:, :4]):
       frames, numbers, tids = [], [], []
@@ -207,7 +215,7 @@ class Mars(base.ReidBuilder):
           if n_tid not in tids:
             tids.append(n_tid)
           numbers.append(n_frame)
-        frames.append(os.path.join(folder, name[:4], name))
+        frames.append(f"{folder}{sep}{name[:4]}{sep}{name}")
       if mismatch:
         notes.append(f"{split} row {row + 1}: table says pid {pid} camera "
                      f"{cam}, its frame names say otherwise (first "

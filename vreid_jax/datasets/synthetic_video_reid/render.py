@@ -64,7 +64,6 @@ class WorldSpec:
     occlusion_prob: probability that a tracklet of >= 3 frames has an
       occlusion event.
     image_size: (height, width) of the frames.
-    supersample: rendering resolution factor (antialiasing).
     jpeg_quality: JPEG quality of the encoded frames.
   """
   num_train_ids: int
@@ -79,7 +78,6 @@ class WorldSpec:
   second_tracklet_prob: float = 0.35
   occlusion_prob: float = 0.3
   image_size: tuple[int, int] = (64, 32)
-  supersample: int = 2
   jpeg_quality: int = 90
 
   def __post_init__(self):
@@ -403,7 +401,7 @@ def _sample_identities(rng: np.random.Generator, pids: Sequence[int],
 
 
 def _sample_cameras(rng: np.random.Generator, n: int) -> dict[int, Camera]:
-  blurs = rng.permutation(np.linspace(0.0, 0.9, n))
+  blurs = rng.permutation(np.linspace(0.0, 0.7, n))
   scales = rng.permutation(np.linspace(0.76, 0.92, n))
   cams = {}
   for c in range(1, n + 1):
@@ -581,118 +579,146 @@ def _background(camera: Camera, height: int, width: int) -> np.ndarray:
   return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def _paint_capsule(img: np.ndarray, p0: tuple[float, float],
-                   p1: tuple[float, float], radius: float,
-                   colour: np.ndarray) -> None:
-  """Paints a thick antialiased segment p0-p1 ((x, y) pixels) in place."""
-  h, w, _ = img.shape
-  x0 = int(max(0, math.floor(min(p0[0], p1[0]) - radius - 1)))
-  x1 = int(min(w, math.ceil(max(p0[0], p1[0]) + radius + 2)))
-  y0 = int(max(0, math.floor(min(p0[1], p1[1]) - radius - 1)))
-  y1 = int(min(h, math.ceil(max(p0[1], p1[1]) + radius + 2)))
+# The painters below draw one primitive into every frame of a tracklet at
+# once: `img` is (T, H, W, 3) float32 in [0, 1] and every coordinate is a
+# (T,) array in pixels. Edges are antialiased from the exact distance to the
+# primitive (coverage = radius + 0.5 - distance, clipped to [0, 1]).
+
+Points = tuple[np.ndarray, np.ndarray]  # (x, y), each (T,).
+
+
+def _box(img: np.ndarray, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+         pad: np.ndarray) -> tuple[slice, slice, np.ndarray,
+                                   np.ndarray] | None:
+  """The image box holding the points (+ pad) in every frame.
+
+  Returns:
+    (row slice, column slice, y centres (1, h, 1), x centres (1, 1, w)), or
+    None when the box is outside the image.
+  """
+  _, h, w, _ = img.shape
+  pad = float(np.max(pad))
+  x0 = max(0, math.floor(min(float(np.min(x)) for x in xs) - pad) - 1)
+  x1 = min(w, math.ceil(max(float(np.max(x)) for x in xs) + pad) + 2)
+  y0 = max(0, math.floor(min(float(np.min(y)) for y in ys) - pad) - 1)
+  y1 = min(h, math.ceil(max(float(np.max(y)) for y in ys) + pad) + 2)
   if x0 >= x1 or y0 >= y1:
+    return None
+  yc = np.arange(y0, y1, dtype=np.float32)[None, :, None] + 0.5
+  xc = np.arange(x0, x1, dtype=np.float32)[None, None, :] + 0.5
+  return slice(y0, y1), slice(x0, x1), yc, xc
+
+
+def _col(v: np.ndarray) -> np.ndarray:
+  """(T,) -> (T, 1, 1) float32, to broadcast against (T, h, w)."""
+  return np.asarray(v, np.float32).reshape(-1, 1, 1)
+
+
+def _blend(img: np.ndarray, rows: slice, cols: slice, coverage: np.ndarray,
+           colour: np.ndarray) -> None:
+  """img[:, rows, cols] <- mix with `colour` by `coverage` (in place)."""
+  alpha = np.clip(coverage, 0.0, 1.0)[..., None]
+  region = img[:, rows, cols]
+  region += alpha * (colour - region)
+
+
+def _segment_distance(xc: np.ndarray, yc: np.ndarray, p0: Points,
+                      p1: Points) -> tuple[np.ndarray, np.ndarray]:
+  """Distance of pixel centres to segments p0-p1, and the position along."""
+  ax, ay = _col(p0[0]), _col(p0[1])
+  dx, dy = _col(p1[0]) - ax, _col(p1[1]) - ay
+  norm = np.maximum(dx * dx + dy * dy, 1e-6)
+  ex, ey = xc - ax, yc - ay
+  t = np.clip((ex * dx + ey * dy) / norm, 0.0, 1.0)
+  return np.hypot(ex - t * dx, ey - t * dy), t
+
+
+def _paint_capsule(img: np.ndarray, p0: Points, p1: Points,
+                   radius: np.ndarray, colour: np.ndarray) -> None:
+  """Paints thick segments p0-p1 (one per frame) with a flat colour."""
+  box = _box(img, (p0[0], p1[0]), (p0[1], p1[1]), radius)
+  if box is None:
     return
-  ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
-  dx, dy = p1[0] - p0[0], p1[1] - p0[1]
-  norm = dx * dx + dy * dy
-  if norm > 0:
-    t = np.clip(((xs - p0[0]) * dx + (ys - p0[1]) * dy) / norm, 0.0, 1.0)
-  else:
-    t = np.zeros_like(xs)
-  dist = np.hypot(xs - p0[0] - t * dx, ys - p0[1] - t * dy)
-  alpha = np.clip(radius - dist + 0.5, 0.0, 1.0)[..., None]
-  region = img[y0:y1, x0:x1]
-  region *= 1.0 - alpha
-  region += alpha * colour
+  rows, cols, yc, xc = box
+  dist, _ = _segment_distance(xc, yc, p0, p1)
+  _blend(img, rows, cols, _col(radius) + 0.5 - dist, colour)
 
 
-def _paint_torso(img: np.ndarray, hip: tuple[float, float],
-                 shoulder: tuple[float, float], radius: float,
-                 look: Appearance, forward: float, unit: float) -> None:
+def _paint_torso(img: np.ndarray, hip: Points, shoulder: Points,
+                 radius: np.ndarray, look: Appearance, forward: float,
+                 unit: np.ndarray) -> None:
   """Paints the torso capsule with the identity's pattern."""
-  h, w, _ = img.shape
-  x0 = int(max(0, math.floor(min(hip[0], shoulder[0]) - radius - 1)))
-  x1 = int(min(w, math.ceil(max(hip[0], shoulder[0]) + radius + 2)))
-  y0 = int(max(0, math.floor(min(hip[1], shoulder[1]) - radius - 1)))
-  y1 = int(min(h, math.ceil(max(hip[1], shoulder[1]) + radius + 2)))
-  if x0 >= x1 or y0 >= y1:
+  box = _box(img, (hip[0], shoulder[0]), (hip[1], shoulder[1]), radius)
+  if box is None:
     return
-  ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
-  dx, dy = hip[0] - shoulder[0], hip[1] - shoulder[1]
-  length = math.hypot(dx, dy)
-  ax, ay = dx / length, dy / length  # Unit vector shoulder -> hip.
-  along = (xs - shoulder[0]) * ax + (ys - shoulder[1]) * ay
-  # Signed distance across the torso, positive towards the walking side.
-  across = ((xs - shoulder[0]) * -ay + (ys - shoulder[1]) * ax) * -forward
-  t = np.clip(along / length, 0.0, 1.0)
-  dist = np.hypot(xs - shoulder[0] - t * dx, ys - shoulder[1] - t * dy)
-  alpha = np.clip(radius - dist + 0.5, 0.0, 1.0)[..., None]
+  rows, cols, yc, xc = box
+  dist, _ = _segment_distance(xc, yc, shoulder, hip)
+  r, u = _col(radius), _col(unit)
+  length = _col(np.hypot(hip[0] - shoulder[0], hip[1] - shoulder[1]))
+  ax = (_col(hip[0]) - _col(shoulder[0])) / length
+  ay = (_col(hip[1]) - _col(shoulder[1])) / length
+  ex, ey = xc - _col(shoulder[0]), yc - _col(shoulder[1])
+  along = ex * ax + ey * ay  # From the shoulder down.
+  across = (ex * ay - ey * ax) * forward  # Positive at the chest.
   top = np.asarray(look.top, np.float32)
   pat = np.asarray(look.pattern_colour, np.float32)
   if look.pattern == "stripes":
-    mask = (np.floor(along / (0.05 * unit)) % 2) == 1
+    mask = (np.floor(along / (0.05 * u)) % 2) == 1
   elif look.pattern == "open_jacket":
-    mask = across > 0.2 * radius
+    mask = across > 0.2 * r
   elif look.pattern == "logo":
-    mask = ((np.abs(along - 0.3 * length) < 0.22 * length) &
-            (across > -0.1 * radius) & (across < 0.75 * radius))
+    mask = ((np.abs(along - 0.3 * length) < 0.2 * length) &
+            (across > -0.1 * r) & (across < 0.75 * r))
   else:
-    mask = np.zeros_like(along, dtype=bool)
-  colour = np.where(mask[..., None], pat, top)
-  # Slight shading: darker at the back and the bottom.
-  colour = colour * (0.9 + 0.1 * np.clip(across / radius, -1, 1))[..., None]
-  region = img[y0:y1, x0:x1]
-  region *= 1.0 - alpha
-  region += alpha * colour
+    mask = None
+  colour = top if mask is None else np.where(mask[..., None], pat, top)
+  # Slight shading: darker at the back.
+  colour = colour * (0.9 + 0.1 * np.clip(across / r, -1, 1))[..., None]
+  _blend(img, rows, cols, r + 0.5 - dist, colour)
 
 
-def _paint_head(img: np.ndarray, centre: tuple[float, float], radius: float,
+def _paint_head(img: np.ndarray, centre: Points, radius: np.ndarray,
                 look: Appearance, forward: float) -> None:
-  h, w, _ = img.shape
-  x0 = int(max(0, math.floor(centre[0] - radius - 1)))
-  x1 = int(min(w, math.ceil(centre[0] + radius + 2)))
-  y0 = int(max(0, math.floor(centre[1] - radius - 1)))
-  y1 = int(min(h, math.ceil(centre[1] + radius + 2)))
-  if x0 >= x1 or y0 >= y1:
+  """Paints the head: skin face, hair on top and at the back."""
+  box = _box(img, (centre[0],), (centre[1],), radius)
+  if box is None:
     return
-  ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
-  u = (xs - centre[0]) * forward / radius
-  v = (ys - centre[1]) / radius
-  dist = np.hypot(xs - centre[0], ys - centre[1])
-  alpha = np.clip(radius - dist + 0.5, 0.0, 1.0)[..., None]
+  rows, cols, yc, xc = box
+  r = _col(radius)
+  ex, ey = xc - _col(centre[0]), yc - _col(centre[1])
+  u, v = ex * forward / r, ey / r
   hair = (v < -0.25 + 0.3 * np.clip(u, 0, 1)) | (u < -0.35)
   colour = np.where(hair[..., None], np.asarray(look.hair, np.float32),
                     np.asarray(look.skin, np.float32))
-  region = img[y0:y1, x0:x1]
-  region *= 1.0 - alpha
-  region += alpha * colour
+  _blend(img, rows, cols, r + 0.5 - np.hypot(ex, ey), colour)
 
 
-def _paint_rect(img: np.ndarray, x0: float, x1: float, y0: float, y1: float,
-                colour: np.ndarray) -> None:
-  h, w, _ = img.shape
+def _paint_rect(frame: np.ndarray, x0: float, x1: float, y0: float,
+                y1: float, colour: np.ndarray) -> None:
+  """Fills a rectangle of one (H, W, 3) frame."""
+  h, w, _ = frame.shape
   xa, xb = int(max(0, round(x0))), int(min(w, round(x1)))
   ya, yb = int(max(0, round(y0))), int(min(h, round(y1)))
   if xa < xb and ya < yb:
-    img[ya:yb, xa:xb] = colour
+    frame[ya:yb, xa:xb] = colour
 
 
-def draw_person(img: np.ndarray, ident: Identity, phase: float,
-                centre_x: float, feet_y: float, body_height: float,
-                rightward: bool) -> None:
-  """Draws the walking figure in place (img: float32 HxWx3 in [0, 1]).
+def draw_person(img: np.ndarray, ident: Identity, phase: np.ndarray,
+                centre_x: np.ndarray, feet_y: np.ndarray,
+                body_height: np.ndarray, rightward: bool) -> None:
+  """Draws the walking figure into every frame (in place).
 
   Args:
-    img: canvas.
+    img: (T, H, W, 3) float32 canvas.
     ident: who.
-    phase: gait phase in radians (near leg forward at pi/2).
-    centre_x: x of the hips, pixels.
-    feet_y: y of the ground contact, pixels.
-    body_height: standing height in pixels.
+    phase: (T,) gait phase in radians (near thigh fully forward at pi/2).
+    centre_x: (T,) x of the hips, pixels.
+    feet_y: (T,) y of the ground contact, pixels.
+    body_height: (T,) standing height in pixels.
     rightward: the person faces/walks to the right.
   """
   look, motion = ident.appearance, ident.motion
-  unit = body_height
+  unit = np.asarray(body_height, np.float64)
   d = 1.0 if rightward else -1.0
   thigh_len, shin_len = 0.245 * unit, 0.235 * unit
   torso_len, neck = 0.3 * unit, 0.025 * unit
@@ -702,62 +728,61 @@ def draw_person(img: np.ndarray, ident: Identity, phase: float,
   torso_r = 0.075 * unit * look.build
   upper_arm, forearm = 0.17 * unit, 0.15 * unit
 
-  def leg_angles(p: float) -> tuple[float, float]:
-    thigh = motion.leg_swing * math.sin(p)
+  def leg_angles(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    thigh = motion.leg_swing * np.sin(p)
     # The knee flexes while the leg swings forward (d thigh / dt > 0).
-    flex = 1.6 * motion.leg_swing * max(0.0, math.cos(p)) ** 1.5
+    flex = 1.6 * motion.leg_swing * np.maximum(0.0, np.cos(p)) ** 1.5
     return thigh, thigh - flex
 
-  legs = {"near": leg_angles(phase), "far": leg_angles(phase + math.pi)}
-  # The lower foot touches the ground: hip height follows the stance leg.
-  extent = max(thigh_len * math.cos(t) + shin_len * math.cos(s)
-               for t, s in legs.values())
-  hip = (centre_x, feet_y - extent)
+  near, far = leg_angles(phase), leg_angles(phase + np.pi)
+  # The lower foot touches the ground: the hip height follows the stance leg.
+  extent = np.maximum(*(thigh_len * np.cos(t) + shin_len * np.cos(s)
+                        for t, s in (near, far)))
+  hip = (np.asarray(centre_x, np.float64), feet_y - extent)
   lean = look.lean
   shoulder = (hip[0] + d * torso_len * math.sin(lean),
               hip[1] - torso_len * math.cos(lean))
-  head = (shoulder[0] + d * (neck + head_r) * math.sin(lean) + d * 0.01 * unit,
+  head = (shoulder[0] + d * ((neck + head_r) * math.sin(lean) + 0.01 * unit),
           shoulder[1] - neck - head_r)
   skin = np.asarray(look.skin, np.float32)
   bottom = np.asarray(look.bottom, np.float32)
   shoes = np.asarray(look.shoes, np.float32)
   top = np.asarray(look.top, np.float32)
 
-  def paint_leg(angles: tuple[float, float], shade: float) -> None:
+  def paint_leg(angles: tuple[np.ndarray, np.ndarray], shade: float) -> None:
     thigh, shin = angles
-    knee = (hip[0] + d * thigh_len * math.sin(thigh),
-            hip[1] + thigh_len * math.cos(thigh))
-    ankle = (knee[0] + d * shin_len * math.sin(shin),
-             knee[1] + shin_len * math.cos(shin))
-    toe = (ankle[0] + d * 0.075 * unit * math.cos(shin),
-           ankle[1] - 0.075 * unit * math.sin(shin) * 0.3)
+    knee = (hip[0] + d * thigh_len * np.sin(thigh),
+            hip[1] + thigh_len * np.cos(thigh))
+    ankle = (knee[0] + d * shin_len * np.sin(shin),
+             knee[1] + shin_len * np.cos(shin))
+    toe = (ankle[0] + d * 0.075 * unit * np.cos(shin),
+           ankle[1] - 0.0225 * unit * np.sin(shin))
     _paint_capsule(img, hip, knee, leg_r, bottom * shade)
     _paint_capsule(img, knee, ankle, leg_r * 0.9,
                    (skin if look.shorts else bottom) * shade)
     _paint_capsule(img, ankle, toe, leg_r * 0.75, shoes * shade)
 
-  def paint_arm(p: float, shade: float) -> None:
-    swing = -motion.arm_swing * math.sin(p)
-    elbow_flex = 0.25 + 0.6 * motion.arm_swing * max(0.0, math.sin(-p))
-    elbow = (shoulder[0] + d * upper_arm * math.sin(swing),
-             shoulder[1] + upper_arm * math.cos(swing))
+  def paint_arm(p: np.ndarray, shade: float) -> None:
+    swing = -motion.arm_swing * np.sin(p)
+    elbow_flex = 0.25 + 0.6 * motion.arm_swing * np.maximum(0.0, -np.sin(p))
+    elbow = (shoulder[0] + d * upper_arm * np.sin(swing),
+             shoulder[1] + upper_arm * np.cos(swing))
     fore = swing + elbow_flex
-    hand = (elbow[0] + d * forearm * math.sin(fore),
-            elbow[1] + forearm * math.cos(fore))
+    hand = (elbow[0] + d * forearm * np.sin(fore),
+            elbow[1] + forearm * np.cos(fore))
     _paint_capsule(img, shoulder, elbow, arm_r, top * shade)
     _paint_capsule(img, elbow, hand, arm_r * 0.85, top * shade)
     _paint_capsule(img, hand, hand, arm_r * 0.9, skin * shade)
 
   far_shade = 0.72
   # Each arm swings opposite to the leg on its side.
-  paint_arm(phase + math.pi, far_shade)
-  paint_leg(legs["far"], far_shade)
-  paint_leg(legs["near"], 1.0)
+  paint_arm(phase + np.pi, far_shade)
+  paint_leg(far, far_shade)
+  paint_leg(near, 1.0)
   if look.bag == "backpack":
-    back = (-d * torso_r * 1.1, 0.0)
-    _paint_capsule(img,
-                   (shoulder[0] + back[0], shoulder[1] + 0.06 * unit),
-                   (hip[0] + back[0] * 0.9 + d * 0.0, hip[1] - 0.1 * unit),
+    back = -d * torso_r * 1.1
+    _paint_capsule(img, (shoulder[0] + back, shoulder[1] + 0.06 * unit),
+                   (hip[0] + 0.9 * back, hip[1] - 0.1 * unit),
                    torso_r * 0.75, np.asarray(look.bag_colour, np.float32))
   _paint_torso(img, hip, shoulder, torso_r, look, d, unit)
   if look.long_hair:
@@ -768,78 +793,86 @@ def draw_person(img: np.ndarray, ident: Identity, phase: float,
   paint_arm(phase, 1.0)
 
 
-def _paint_occlusion(img: np.ndarray, occ: Occlusion, index: int,
+def _paint_occlusion(frame: np.ndarray, occ: Occlusion, index: int,
                      pole_x: float) -> None:
-  h, w, _ = img.shape
+  """Paints the occluder into frame `index` of the tracklet."""
+  h, w, _ = frame.shape
   colour = np.asarray(occ.colour, np.float32)
   if occ.kind == "pole":
     half = 0.5 * occ.size * w
-    _paint_rect(img, pole_x - half, pole_x + half, 0, h, colour)
+    _paint_rect(frame, pole_x - half, pole_x + half, 0, h, colour)
     # A highlight stripe makes it read as a cylinder.
-    _paint_rect(img, pole_x - 0.4 * half, pole_x - 0.1 * half, 0, h,
+    _paint_rect(frame, pole_x - 0.4 * half, pole_x - 0.1 * half, 0, h,
                 np.clip(colour * 1.3, 0, 1))
     return
   if not occ.start <= index < occ.start + occ.length:
     return
   if occ.kind == "low":
-    _paint_rect(img, 0, w, h * (1 - occ.size), h, colour)
-    _paint_rect(img, 0, w, h * (1 - occ.size), h * (1 - occ.size) + h * 0.03,
+    _paint_rect(frame, 0, w, h * (1 - occ.size), h, colour)
+    _paint_rect(frame, 0, w, h * (1 - occ.size), h * (1 - occ.size) + h * 0.03,
                 colour * 0.7)
+  elif occ.from_left:
+    _paint_rect(frame, 0, w * occ.size, h * 0.1, h, colour)
   else:
-    if occ.from_left:
-      _paint_rect(img, 0, w * occ.size, h * 0.1, h, colour)
-    else:
-      _paint_rect(img, w * (1 - occ.size), w, h * 0.1, h, colour)
+    _paint_rect(frame, w * (1 - occ.size), w, h * 0.1, h, colour)
 
 
 def render_frames(plan: TrackletPlan, camera: Camera,
-                  spec: WorldSpec) -> list[np.ndarray]:
-  """Renders a planned tracklet as uint8 (H, W, 3) frames (before JPEG)."""
-  out_h, out_w = spec.image_size
-  ss = spec.supersample
-  h, w = out_h * ss, out_w * ss
+                  spec: WorldSpec) -> np.ndarray:
+  """Renders a planned tracklet as uint8 (T, H, W, 3) frames (before blur).
+
+  Args:
+    plan: what to render.
+    camera: the plan's camera.
+    spec: the world's sizes (frame size).
+
+  Returns:
+    The frames, deterministic in (plan, camera, spec).
+  """
+  h, w = spec.image_size
   strip = _background(camera, h, w)
-  strip_w = strip.shape[1]
   rng = np.random.default_rng(plan.seed)
   ident = plan.identity
   motion = ident.motion
+  f = np.asarray(plan.frame_numbers, np.float64)
+  n = len(f)
   body = camera.scale * ident.appearance.height * h
   d = 1.0 if plan.rightward else -1.0
-  # Vertical light gradient and colour cast, fixed per camera.
-  light = (1.0 + camera.light_gradient *
-           (np.linspace(-1, 1, h, dtype=np.float32)[:, None, None]))
-  cast = np.asarray(camera.cast, np.float32) * camera.gain
+  # Detector jitter: the crop is not perfectly centred or scaled.
+  jitter_x = rng.normal(0, 0.03, n) * w
+  jitter_y = rng.normal(0, 0.015, n) * h
+  scale = body * (1.0 + rng.normal(0, 0.02, n))
+  # The crop follows the person, so the background scrolls past.
+  x_world = (plan.world_x + d * motion.speed * f) * body
+  offset = np.round(x_world - w / 2 - jitter_x).astype(np.int64)
+  cols = (offset[:, None] + np.arange(w)[None, :]) % strip.shape[1]
+  img = np.ascontiguousarray(strip[:, cols].transpose(1, 0, 2, 3))
+  feet_y = 0.5 * (h + scale) + 0.02 * h + jitter_y
+  centre_x = w / 2 + jitter_x
+  phase = motion.phase + 2 * np.pi * f / motion.period
+  draw_person(img, ident, phase, centre_x, feet_y, scale, plan.rightward)
   occ = plan.occlusion
-  frames = []
-  for i, f in enumerate(plan.frame_numbers):
-    # World position of the person in pixels (the crop follows the person).
-    x_world = (plan.world_x + d * motion.speed * f) * body
-    jitter_x = rng.normal(0, 0.03) * w
-    jitter_y = rng.normal(0, 0.015) * h
-    scale = 1.0 + rng.normal(0, 0.02)
-    cols = (np.arange(w) + int(round(x_world - w / 2 - jitter_x))) % strip_w
-    img = strip[:, cols].copy()
-    feet_y = 0.5 * (h + body * scale) + 0.02 * h + jitter_y
-    centre_x = w / 2 + jitter_x
-    phase = motion.phase + 2 * math.pi * f / motion.period
-    draw_person(img, ident, phase, centre_x, feet_y, body * scale,
-                plan.rightward)
-    if occ is not None:
-      # A world-fixed pole: in front of the person's centre at `occ.start`.
-      f0 = plan.frame_numbers[occ.start]
-      pole_x = centre_x - d * motion.speed * (f - f0) * body
-      _paint_occlusion(img, occ, i, pole_x)
-    img *= light * cast * (1.0 + rng.normal(0, 0.02))
-    if ss > 1:
-      img = img.reshape(out_h, ss, out_w, ss, 3).mean(axis=(1, 3))
-    img += rng.normal(0, camera.noise, img.shape).astype(np.float32)
-    frames.append(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8))
-  return frames
+  if occ is not None:
+    # A world-fixed pole is in front of the person's centre at `occ.start`.
+    pole_x = centre_x - d * motion.speed * (f - f[occ.start]) * body
+    for i in range(n):
+      _paint_occlusion(img[i], occ, i, float(pole_x[i]))
+  # Illumination: camera gain, colour cast, vertical gradient, flicker.
+  light = 1.0 + camera.light_gradient * np.linspace(-1, 1, h,
+                                                    dtype=np.float32)
+  gain = np.asarray(camera.cast, np.float32) * camera.gain
+  flicker = 1.0 + rng.normal(0, 0.02, n).astype(np.float32)
+  img *= flicker[:, None, None, None] * light[None, :, None, None] * gain
+  noise = rng.standard_normal(img.shape, dtype=np.float32)
+  img += camera.noise * noise
+  img *= 255.0
+  img += 0.5
+  return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 90,
                 blur: float = 0.0) -> bytes:
-  """JPEG bytes of a uint8 frame, after an optional Gaussian blur."""
+  """JPEG bytes of a uint8 (H, W, 3) frame, after an optional Gaussian blur."""
   img = Image.fromarray(frame)
   if blur > 0:
     img = img.filter(ImageFilter.GaussianBlur(radius=blur))
@@ -851,5 +884,5 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90,
 def render_tracklet(plan: TrackletPlan, camera: Camera,
                     spec: WorldSpec) -> list[bytes]:
   """Renders a planned tracklet as JPEG bytes, one entry per frame."""
-  return [encode_jpeg(f, spec.jpeg_quality, camera.blur)
-          for f in render_frames(plan, camera, spec)]
+  return [encode_jpeg(frame, spec.jpeg_quality, camera.blur)
+          for frame in render_frames(plan, camera, spec)]

@@ -105,7 +105,8 @@ class SyntheticVideoReid(base.ReidBuilder):
     return render.make_world(self.builder_config.spec,
                              self.builder_config.seed)
 
-  def _tracklets(self, manual_dir: str) -> Mapping[str, Sequence[base.Tracklet]]:
+  def _tracklets(self,
+                 manual_dir: str) -> Mapping[str, Sequence[base.Tracklet]]:
     del manual_dir  # Everything is rendered.
     config = self.builder_config
     world = self.world()

@@ -1,0 +1,117 @@
+"""End-to-end tests of `python -m vreid_jax.evaluate_features`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vreid_jax.evaluation import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+  return subprocess.run(
+      [sys.executable, "-m", "vreid_jax.evaluate_features", *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+      check=False)
+
+
+@pytest.fixture(name="files")
+def _files(tmp_path):
+  rng = np.random.default_rng(0)
+  centers = rng.standard_normal((6, 8)) * 2
+  qp, gp = np.arange(6), np.concatenate([np.arange(6)] * 4 + [[-1, 0]])
+  qc, gc = np.zeros(6, int), rng.integers(0, 3, gp.size)
+  qf = centers[qp] + rng.standard_normal((6, 8))
+  gf = np.concatenate([centers[gp[:-2]], np.zeros((2, 8))])
+  gf = gf + rng.standard_normal(gf.shape)
+  data = dict(qf=qf, qp=qp, qc=qc, gf=gf, gp=gp, gc=gc)
+  np.savez(tmp_path / "q.npz", features=qf, pids=qp, camids=qc)
+  np.savez(tmp_path / "g.npz", features=gf, pids=gp, camids=gc)
+  return tmp_path, data
+
+
+@pytest.mark.parametrize("flags", [
+    ["--ap=trapezoid"],
+    ["--metric=cosine", "--max_rank=10"],
+    ["--normalize", "--rerank", "--rerank_k1=6", "--rerank_k2=3"],
+])
+def test_cli_prints_one_json_matching_evaluate(files, flags):
+  tmp, d = files
+  proc = _run(f"--query={tmp / 'q.npz'}", f"--gallery={tmp / 'g.npz'}",
+              *flags)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1
+  out = json.loads(lines[0])
+  for key in ("mAP", "mINP", "cmc", "num_queries", "num_valid_queries"):
+    assert key in out
+  kwargs = {"ap": "trapezoid"} if "--ap=trapezoid" in flags else {}
+  if "--metric=cosine" in flags:
+    kwargs.update(metric="cosine", max_rank=10)
+  if "--rerank" in flags:
+    kwargs.update(normalize=True, rerank=True, rerank_k1=6, rerank_k2=3)
+  want = evaluate(d["qf"], d["qp"], d["qc"], d["gf"], d["gp"], d["gc"],
+                  **kwargs)
+  assert out["mAP"] == pytest.approx(want["mAP"], abs=1e-12)
+  assert out["cmc"] == pytest.approx(want["cmc"], abs=1e-12)
+  assert out["num_queries"] == 6
+
+
+def test_cli_bad_files(files):
+  tmp, d = files
+  np.savez(tmp / "nocam.npz", features=d["gf"], pids=d["gp"])
+  proc = _run(f"--query={tmp / 'q.npz'}", f"--gallery={tmp / 'nocam.npz'}")
+  assert proc.returncode != 0 and proc.stdout == ""
+  assert "nocam.npz" in proc.stderr and "camids" in proc.stderr
+
+  np.savez(tmp / "dim.npz", features=d["gf"][:, :5], pids=d["gp"],
+           camids=d["gc"])
+  proc = _run(f"--query={tmp / 'q.npz'}", f"--gallery={tmp / 'dim.npz'}")
+  assert proc.returncode != 0
+  assert "dim.npz" in proc.stderr and "D=5" in proc.stderr
+
+  np.savez(tmp / "len.npz", features=d["gf"], pids=d["gp"][:-1],
+           camids=d["gc"])
+  proc = _run(f"--query={tmp / 'len.npz'}", f"--gallery={tmp / 'g.npz'}")
+  assert proc.returncode != 0
+  assert "len.npz" in proc.stderr and "'pids'" in proc.stderr
+
+  (tmp / "junk.txt").write_text("not an npz")
+  proc = _run(f"--query={tmp / 'junk.txt'}", f"--gallery={tmp / 'g.npz'}")
+  assert proc.returncode != 0 and "junk.txt" in proc.stderr
+
+  proc = _run(f"--query={tmp / 'missing.npz'}", f"--gallery={tmp / 'g.npz'}")
+  assert proc.returncode != 0 and "missing.npz" in proc.stderr
+
+
+def test_cli_imports_no_jax():
+  code = ("import sys, vreid_jax.evaluate_features, vreid_jax.evaluation;"
+          "print(sorted(m for m in ('jax', 'scipy', 'matplotlib')"
+          " if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                        capture_output=True, text=True, check=True,
+                        env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert proc.stdout.strip() == "[]"
+
+
+def test_cli_gallery_junk_key(files):
+  tmp, d = files
+  junk = d["gp"] <= 0                         # pid -1 and distractors
+  np.savez(tmp / "gj.npz", features=d["gf"], pids=d["gp"], camids=d["gc"],
+           junk=junk)
+  proc = _run(f"--query={tmp / 'q.npz'}", f"--gallery={tmp / 'gj.npz'}")
+  assert proc.returncode == 0, proc.stderr
+  want = evaluate(d["qf"], d["qp"], d["qc"], d["gf"], d["gp"], d["gc"],
+                  gallery_junk=junk)
+  assert json.loads(proc.stdout)["mAP"] == pytest.approx(want["mAP"])

@@ -1,0 +1,62 @@
+"""Tests of vreid_jax.models.common."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vreid_jax.models import common
+
+
+def test_resolve_dtype():
+  assert common.resolve_dtype("float32") == jnp.float32
+  assert common.resolve_dtype("bfloat16") == jnp.bfloat16
+  assert common.resolve_dtype("bf16") == jnp.bfloat16
+  assert common.resolve_dtype(jnp.bfloat16) == jnp.bfloat16
+  assert common.resolve_dtype(np.float32) == jnp.float32
+  assert common.resolve_dtype(None) == jnp.float32
+  with pytest.raises(ValueError, match="Unknown dtype"):
+    common.resolve_dtype("float7")
+
+
+def test_fold_unfold_round_trip_and_order():
+  x = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+  folded = common.fold_time(jnp.asarray(x))
+  assert folded.shape == (6, 4, 5)
+  for b in range(2):
+    for t in range(3):
+      np.testing.assert_array_equal(folded[b * 3 + t], x[b, t])
+  np.testing.assert_array_equal(common.unfold_time(folded, 2), x)
+  with pytest.raises(ValueError, match="multiple of the batch size"):
+    common.unfold_time(folded, 4)
+  with pytest.raises(ValueError):
+    common.fold_time(jnp.zeros((3,)))
+
+
+def test_masked_mean_matches_numpy():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 0]], bool)
+  x_nan = x.copy()
+  x_nan[~mask] = np.nan  # Padded values must never be read.
+  got = common.masked_mean(jnp.asarray(x_nan), jnp.asarray(mask), axis=1)
+  want = np.stack([x[b][mask[b]].mean(0) for b in range(3)])
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(common.masked_mean(jnp.asarray(x), None, axis=1),
+                             x.mean(1), rtol=1e-6)
+  # An all-padded row gives 0, not NaN.
+  empty = common.masked_mean(jnp.asarray(x), jnp.zeros((3, 5), bool), axis=1)
+  np.testing.assert_array_equal(empty, np.zeros((3, 4)))
+  with pytest.raises(ValueError, match="prefix"):
+    common.masked_mean(jnp.asarray(x), jnp.ones((5, 3), bool), axis=1)
+
+
+def test_check_shape_and_frame_mask():
+  common.check_shape(jnp.zeros((2, 3, 4)), (None, 3, 4), "x")
+  with pytest.raises(ValueError, match=r"clips: expected shape \(\?, 3\)"):
+    common.check_shape(jnp.zeros((2, 4)), (None, 3), "clips")
+  with pytest.raises(ValueError, match="got"):
+    common.check_shape(jnp.zeros((2, 3, 4)), (None, 3), "x")
+  m = common.frame_mask(None, 2, 3)
+  assert m.shape == (2, 3) and m.dtype == jnp.bool_ and bool(m.all())
+  with pytest.raises(ValueError, match="mask"):
+    common.frame_mask(jnp.ones((2, 4), bool), 2, 3)
