@@ -17,6 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   # Persistent XLA compilation cache ('' = off); cuts repeated compiles.
   c.jax_cache_dir = ""
+  # The TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  c.data_dir = ""
 
   # The model: vreid_jax.models.<model_name>.Model(num_classes=..., **model).
   c.model_name = "baseline"
@@ -28,7 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict(dict(
       name="mars",
       config="",          # TFDS builder config, '' for the default.
-      data_dir="",        # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
       trial=-1,           # iLIDS-VID / PRID-2011 / SDU-VID: trial 0..9.
       auto_build=False,   # Build procedurally generated datasets if missing.
   ))
@@ -40,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
       clip_sampling="consecutive",  # consecutive | evenly | restricted
       num_ids_per_batch=8,          # P
       num_per_id=4,                 # K
+      epoch_repeats=1,              # PK passes over the tracklets per epoch
       flip_prob=0.5, pad=10, erasing_prob=0.5,
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
       num_workers=0,                # grain worker processes (0 = threads)
@@ -62,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
       clip_len=8,
       batch_size=32,            # clips per eval batch
       max_frames_per_batch=1024,
+      protocol="given",         # given | standard | with_queries | matlab
       metric="euclidean",       # euclidean | sqeuclidean | cosine
       normalize=False,
       ap="step",                # step | trapezoid

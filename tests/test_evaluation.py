@@ -278,6 +278,16 @@ def test_jax_distances_and_backend_match_numpy():
   for key in ("mAP_step", "mAP_trapezoid", "mINP", "cmc_curve",
               "num_valid_queries", "excluded_queries"):
     assert a[key] == pytest.approx(b[key], abs=1e-12), key
+  # The accelerator path (ranks counted on the device), run on the CPU.
+  gallery = metrics.make_gallery_index(gp, gc)
+  for chunk in (4, 13):
+    per_query = evaluator._jax_per_query(  # pylint: disable=protected-access
+        qf, qp, qc, gf, gallery, metric="sqeuclidean", normalize=False,
+        chunk=chunk, rank_on_device=True)
+    c = metrics.summarize(per_query)
+    for key in ("mAP_step", "mAP_trapezoid", "mINP", "cmc_curve",
+                "excluded_queries"):
+      assert a[key] == pytest.approx(c[key], abs=1e-12), key
 
 
 def test_auto_backend_picks_numpy_unless_jax_runs_on_an_accelerator():

@@ -24,7 +24,7 @@ def _config(tmp_data_dir=None, variant="tiny"):
       os.path.join(ROOT, f"configs/demo.py:{variant}"))
   if tmp_data_dir:
     with config.unlocked():
-      config.dataset.data_dir = tmp_data_dir
+      config.data_dir = tmp_data_dir
   return config
 
 
@@ -100,7 +100,7 @@ def test_eight_device_step_equals_single_device():
 
 def test_train_batches_deterministic_and_sharded(synthetic_data_dir):
   config = _config(synthetic_data_dir)
-  data = pipeline.open_dataset(config.dataset)
+  data = pipeline.open_dataset(config.dataset, config.data_dir)
   spec = pipeline.make_train_spec(data, config)
   full = pipeline.TrainBatches(spec)(3)
   again = pipeline.TrainBatches(spec)(3)
@@ -118,7 +118,7 @@ def test_train_batches_deterministic_and_sharded(synthetic_data_dir):
 
 def test_iterator_state_resumes_same_batches(synthetic_data_dir):
   config = _config(synthetic_data_dir)
-  data = pipeline.open_dataset(config.dataset)
+  data = pipeline.open_dataset(config.dataset, config.data_dir)
   batches = pipeline.TrainBatches(pipeline.make_train_spec(data, config))
   it = pipeline.train_iterator(batches, 6)
   next(it), next(it)
@@ -199,7 +199,7 @@ def test_dataset_not_built_says_how(tmp_path):
     config.dataset.auto_build = False
   with pytest.raises(pipeline.DatasetNotBuiltError,
                      match="data_prep/build.py --dataset=mars"):
-    pipeline.open_dataset(config.dataset)
+    pipeline.open_dataset(config.dataset, config.data_dir)
 
 
 def test_unknown_config_key_fails(tmp_path):

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from vreid_jax import evaluation
+from vreid_jax.evaluation import protocols
 from vreid_jax import parallel
 from vreid_jax.input_pipeline import augment
 from vreid_jax.input_pipeline import pipeline
@@ -84,52 +85,92 @@ class Evaluator:
       raise RuntimeError(f"{role}: some tracklets received no clip")
     return (sums / counts[:, None]).astype(np.float32)
 
+  def split(self) -> tuple[dict[str, np.ndarray], evaluation.Split]:
+    """The test set (query then gallery tracklets) and its protocol split.
+
+    `config.eval.protocol`:
+      given: the dataset's query set against its gallery set (junk: pid -1
+        and tracklets flagged is_junk).
+      standard | with_queries | matlab: the MARS gallery variants
+        (`vreid_jax.evaluation.protocols.mars_split`), applied to the query
+        and gallery sets together: gallery minus queries minus junk (9,330
+        on MARS), queries kept (11,310) or everything with the junk rules
+        (12,180; the official MATLAB code).
+    """
+    q = self.data.roles["query"]
+    g = self.data.roles["gallery"]
+    test = {k: np.concatenate([q.index[k], g.index[k]])
+            for k in ("pid", "camid", "is_junk")}
+    for k in ("motion_twin",):
+      if k in q.index and k in g.index:
+        test[k] = np.concatenate([q.index[k], g.index[k]])
+    is_query = np.arange(len(q) + len(g)) < len(q)
+    protocol = self.cfg.protocol
+    if protocol == "given":
+      split = protocols.given_split(test["pid"], is_query,
+                                    name=f"{self.data.name}/given")
+    elif protocol in protocols.MARS_GALLERY_VARIANTS:
+      split = protocols.mars_split(test["pid"], test["camid"], is_query,
+                                   variant=protocol)
+    else:
+      raise ValueError(
+          "config.eval.protocol must be 'given' or one of "
+          f"{protocols.MARS_GALLERY_VARIANTS}, got {protocol!r}")
+    split = split._replace(gallery_junk=split.gallery_junk
+                           | test["is_junk"][split.gallery])
+    return test, split
+
   def evaluate(self, variables, *, final: bool = False,
                workdir: str | None = None) -> dict[str, Any]:
     """Embeds query and gallery and returns the metrics dict."""
     t0 = time.time()
-    q = self.data.roles["query"]
-    g = self.data.roles["gallery"]
-    qf = self.embed(variables, "query")
-    gf = self.embed(variables, "gallery")
+    features = np.concatenate([self.embed(variables, "query"),
+                               self.embed(variables, "gallery")])
     t_embed = time.time() - t0
+    test, split = self.split()
     cfg = self.cfg
     kwargs = dict(metric=cfg.metric, normalize=cfg.normalize, ap=cfg.ap,
                   max_rank=cfg.max_rank)
-    results = evaluation.evaluate(
-        qf, q.index["pid"], q.index["camid"], gf, g.index["pid"],
-        g.index["camid"], gallery_junk=g.index["is_junk"], **kwargs)
-    if "motion_twin" in q.index:
-      twins = q.index["motion_twin"] >= 0
+    results = evaluation.evaluate_split(features, test["pid"], test["camid"],
+                                        split, **kwargs)
+    results["protocol"] = {"name": split.name, "ap": cfg.ap,
+                           "metric": cfg.metric,
+                           "normalize": bool(cfg.normalize),
+                           "mode": cfg.mode, "clip_len": cfg.clip_len,
+                           "num_gallery": int(len(split.gallery))}
+    if "motion_twin" in test:
+      twins = test["motion_twin"][split.query] >= 0
       if twins.any():
-        sub = evaluation.evaluate(
-            qf[twins], q.index["pid"][twins], q.index["camid"][twins], gf,
-            g.index["pid"], g.index["camid"],
-            gallery_junk=g.index["is_junk"], **kwargs)
+        sub = evaluation.evaluate_split(
+            features, test["pid"], test["camid"],
+            split._replace(query=split.query[twins]), **kwargs)
         results["motion_twins"] = {k: sub[k] for k in (
             "mAP", "cmc", "num_queries", "num_valid_queries")}
     if final and cfg.rerank:
-      rr = evaluation.evaluate(
-          qf, q.index["pid"], q.index["camid"], gf, g.index["pid"],
-          g.index["camid"], gallery_junk=g.index["is_junk"], rerank=True,
-          **kwargs)
+      rr = evaluation.evaluate_split(features, test["pid"], test["camid"],
+                                     split, rerank=True, **kwargs)
       results["reranked"] = {k: rr[k] for k in ("mAP", "mINP", "cmc")}
-    results["protocol"] = {"ap": cfg.ap, "metric": cfg.metric,
-                           "normalize": bool(cfg.normalize),
-                           "mode": cfg.mode, "clip_len": cfg.clip_len}
+    if results["num_excluded_queries"]:
+      logging.info("%d of %d queries have no positive in the gallery under "
+                   "%s and are excluded from the averages.",
+                   results["num_excluded_queries"], results["num_queries"],
+                   split.name)
     logging.info("Evaluation: embeddings %.1fs, total %.1fs", t_embed,
                  time.time() - t0)
     if final and workdir and jax.process_index() == 0:
+      nq = int((np.arange(len(features)) < len(self.data.roles["query"]))
+               .sum())
       if cfg.save_features:
-        for name, feats, s in (("query", qf, q), ("gallery", gf, g)):
+        for name, rows in (("query", np.arange(nq)),
+                           ("gallery", np.arange(nq, len(features)))):
           np.savez(os.path.join(workdir, f"{name}_features.npz"),
-                   features=feats, pids=s.index["pid"],
-                   camids=s.index["camid"])
+                   features=features[rows], pids=test["pid"][rows],
+                   camids=test["camid"][rows])
       if cfg.plots:
-        self._plots(results, qf, gf, workdir)
+        self._plots(results, workdir)
     return results
 
-  def _plots(self, results, qf, gf, workdir: str) -> None:
+  def _plots(self, results, workdir: str) -> None:
     try:
       from vreid_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
       plots.plot_cmc(results["cmc_curve"], os.path.join(workdir, "cmc.png"))
@@ -153,7 +194,9 @@ def format_results(results: Mapping[str, Any]) -> str:
   text = (f"mAP={100 * results['mAP']:.2f}% "
           + " ".join(f"R{k}={100 * v:.2f}%" for k, v in cmc.items())
           + f" ({results['num_valid_queries']}/{results['num_queries']} "
-          "queries with a positive)")
+          "queries with a positive"
+          + (f", {results['protocol']['name']}" if "protocol" in results
+             else "") + ")")
   if "motion_twins" in results:
     mt = results["motion_twins"]
     text += (f" | motion twins: mAP={100 * mt['mAP']:.2f}% "

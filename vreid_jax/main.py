@@ -2,7 +2,7 @@ r"""Trains and evaluates a video ReID model.
 
   python -m vreid_jax.main --config=configs/demo.py --workdir=/tmp/demo
   python -m vreid_jax.main --config=configs/gltr_mars.py:runlocal \
-      --workdir=/tmp/gltr --config.dataset.data_dir=~/tensorflow_datasets
+      --workdir=/tmp/gltr --config.data_dir=~/tensorflow_datasets
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
 """

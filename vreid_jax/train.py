@@ -230,7 +230,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   logging.info("Devices: %d (%s), processes: %d", num_devices,
                jax.devices()[0].platform, jax.process_count())
 
-  data = pipeline.open_dataset(config.dataset)
+  data = pipeline.open_dataset(config.dataset, config.data_dir)
   spec = pipeline.make_train_spec(data, config,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())

@@ -77,13 +77,16 @@ def _builder_name(cfg) -> str:
   return f"{cfg.name}/{cfg.config}" if cfg.get("config") else cfg.name
 
 
-def open_dataset(cfg, *, build_if_missing: bool | None = None) -> ReidData:
+def open_dataset(cfg, data_dir: str | None = None, *,
+                 build_if_missing: bool | None = None) -> ReidData:
   """Opens the dataset that `config.dataset` names.
 
   Args:
     cfg: `config.dataset` with fields name, config (builder config, may be
-      empty), data_dir, trial (-1 when the dataset has fixed splits) and
-      auto_build (build procedurally generated datasets when missing).
+      empty), trial (-1 when the dataset has fixed splits) and auto_build
+      (build procedurally generated datasets when missing).
+    data_dir: the TFDS data dir (`config.data_dir`); '' or None means
+      $TFDS_DATA_DIR, else ~/tensorflow_datasets.
     build_if_missing: overrides cfg.auto_build.
 
   Raises:
@@ -94,7 +97,7 @@ def open_dataset(cfg, *, build_if_missing: bool | None = None) -> ReidData:
   import vreid_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import
   from vreid_jax.input_pipeline import splits  # pylint: disable=g-import-not-at-top
 
-  data_dir = resolve_data_dir(cfg.get("data_dir"))
+  data_dir = resolve_data_dir(data_dir)
   name = _builder_name(cfg)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -109,7 +112,7 @@ def open_dataset(cfg, *, build_if_missing: bool | None = None) -> ReidData:
     if not build:
       raise DatasetNotBuiltError(
           f"dataset {name!r} is not built in data_dir {data_dir} (set by "
-          "--config.dataset.data_dir, else $TFDS_DATA_DIR, else "
+          "--config.data_dir, else $TFDS_DATA_DIR, else "
           f"{DEFAULT_DATA_DIR}). Build it with:\n  python data_prep/build.py "
           f"--dataset={cfg.name}"
           + (f" --config={cfg.config}" if cfg.get("config") else "")
@@ -189,6 +192,7 @@ class TrainSpec:
   clip_sampling: str
   augment: augment.AugmentConfig
   seed: int
+  epoch_repeats: int = 1
   process_index: int = 0
   process_count: int = 1
 
@@ -221,11 +225,18 @@ class TrainBatches:
     self.__init__(state["spec"])
 
   def plan(self, epoch: int) -> np.ndarray:
-    """The PK plan of `epoch`: (batches, P*K) positions into the train set."""
-    return sampling.pk_epoch_plan(
-        np.asarray(self.spec.pids), self.spec.num_ids_per_batch,
-        self.spec.num_per_id, np.random.default_rng([self.spec.seed, 7,
-                                                     epoch]))
+    """The PK plan of `epoch`: (batches, P*K) positions into the train set.
+
+    An epoch is `epoch_repeats` PK passes over the training tracklets (1 for
+    clip training; the mean tracklet length for frame-level training, so
+    that an epoch sees about as many samples as there are frames).
+    """
+    s = self.spec
+    return np.concatenate([
+        sampling.pk_epoch_plan(
+            np.asarray(s.pids), s.num_ids_per_batch, s.num_per_id,
+            np.random.default_rng([s.seed, 7, epoch, r]))
+        for r in range(s.epoch_repeats)])
 
   @property
   def steps_per_epoch(self) -> int:
@@ -293,7 +304,8 @@ def make_train_spec(data: ReidData, config, *, process_index: int = 0,
       camids=tuple(int(c) for c in train.index["camid"]),
       num_ids_per_batch=inp.num_ids_per_batch, num_per_id=inp.num_per_id,
       clip_len=inp.clip_len, clip_sampling=inp.clip_sampling, augment=aug,
-      seed=config.seed, process_index=process_index,
+      seed=config.seed, epoch_repeats=inp.epoch_repeats,
+      process_index=process_index,
       process_count=process_count)
 
 

@@ -47,7 +47,8 @@ def pk_epoch_plan(pids: np.ndarray, p: int, k: int,
   if len(unique) < p:
     raise ValueError(
         f"the training set has {len(unique)} identities, fewer than "
-        f"input.num_ids_per_batch (P) = {p}: lower P")
+        f"input.num_ids_per_batch (P) = {p}: lower it with "
+        f"--config.input.num_ids_per_batch={len(unique)} or less")
   chunks: dict[int, list[np.ndarray]] = {}
   for pid in unique:
     members = np.flatnonzero(pids == pid)

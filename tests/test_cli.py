@@ -1,0 +1,93 @@
+"""The command line: SIGKILL and resume, GLTR runlocal on a fake MARS tree."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import fake_trees
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(workdir, *flags):
+  return [sys.executable, "-m", "vreid_jax.main",
+          "--config=configs/demo.py:tiny", f"--workdir={workdir}", *flags]
+
+
+def test_sigkill_then_rerun_resumes_with_identical_metrics(
+    synthetic_data_dir, tmp_path):
+  flags = (f"--config.data_dir={synthetic_data_dir}", "--config.num_steps=8",
+           "--config.checkpoint.every_steps=2")
+  env = dict(os.environ)
+  full = tmp_path / "full"
+  subprocess.run(_main(full, *flags), cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=600)
+  want = json.loads((full / "metrics.json").read_text())
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_main(killed, *flags), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = killed / "checkpoints" / "2"
+  deadline = time.time() + 300
+  while not (ckpt / "_CHECKPOINT_METADATA").exists():
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "metrics.json").exists()
+
+  out = subprocess.run(_main(killed, *flags), cwd=ROOT, env=env, check=True,
+                       capture_output=True, text=True, timeout=600)
+  assert "Resuming from step" in out.stdout
+  got = json.loads((killed / "metrics.json").read_text())
+  assert got["mAP"] == want["mAP"]
+  assert got["cmc"] == want["cmc"]
+  assert got["step"] == want["step"] == 8
+
+
+def test_gltr_mars_runlocal_on_a_fake_mars_tree(tmp_path):
+  fake_trees.make_mars_tree(str(tmp_path / "manual"))
+  data_dir = tmp_path / "tfds"
+  subprocess.run([sys.executable, "data_prep/build.py", "--dataset=mars",
+                  f"--manual_dir={tmp_path / 'manual'}",
+                  f"--data_dir={data_dir}"], cwd=ROOT, check=True,
+                 capture_output=True, timeout=300)
+  workdir = tmp_path / "gltr"
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""  # One CPU device, as on a user's laptop.
+  out = subprocess.run(
+      [sys.executable, "-m", "vreid_jax.main",
+       "--config=configs/gltr_mars.py:runlocal", f"--workdir={workdir}",
+       f"--config.data_dir={data_dir}", "--config.num_steps=4"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["protocol"]["name"] == "mars/matlab"
+  assert metrics["protocol"]["ap"] == "trapezoid"
+  assert 0.0 <= metrics["mAP"] <= 1.0
+  assert os.listdir(workdir / "checkpoints")
+
+
+def test_aggregate_trials(tmp_path):
+  from vreid_jax import aggregate_trials  # pylint: disable=g-import-not-at-top
+  for t, m in enumerate((0.5, 0.7)):
+    d = tmp_path / f"t{t}"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps(
+        {"mAP": m, "cmc": {"1": m, "5": 1.0}}))
+    (d / "config.json").write_text(json.dumps(
+        {"dataset": {"name": "prid2011", "trial": t}}))
+  out = aggregate_trials.aggregate([tmp_path / "t0", tmp_path / "t1"])
+  assert out["mAP"]["mean"] == pytest.approx(0.6)
+  assert out["mAP"]["std"] == pytest.approx(0.1)
+  assert out["num_trials"] == 2
+  (tmp_path / "t1" / "config.json").write_text(json.dumps(
+      {"dataset": {"name": "prid2011", "trial": 0}}))
+  with pytest.raises(ValueError, match="repeat trials"):
+    aggregate_trials.aggregate([tmp_path / "t0", tmp_path / "t1"])
