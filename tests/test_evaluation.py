@@ -288,6 +288,15 @@ def test_jax_distances_and_backend_match_numpy():
     for key in ("mAP_step", "mAP_trapezoid", "mINP", "cmc_curve",
                 "excluded_queries"):
       assert a[key] == pytest.approx(c[key], abs=1e-12), key
+  # Non-finite features are reported on every path.
+  qf[0, 0] = np.nan
+  for backend in ("numpy", "jax"):
+    with pytest.raises(ValueError, match="finite"):
+      evaluate(qf, qp, qc, gf, gp, gc, backend=backend, **kw)
+  with pytest.raises(ValueError, match="finite"):
+    evaluator._jax_per_query(  # pylint: disable=protected-access
+        qf, qp, qc, gf, gallery, metric="sqeuclidean", normalize=False,
+        chunk=4, rank_on_device=True)
 
 
 def test_auto_backend_picks_numpy_unless_jax_runs_on_an_accelerator():

@@ -118,3 +118,12 @@ def test_rerank_rejects_bad_parameters():
     rerank.k_reciprocal_rerank(qf, gf, lambda_value=2.0)
   with pytest.raises(ValueError, match="k1"):
     rerank.k_reciprocal_rerank(qf, gf, k1=0)
+
+
+def test_rerank_pool_smaller_than_k():
+  qf, _, gf, _ = _features(5, 2, 4)
+  x = np.concatenate([qf, gf])
+  full = _euclidean(x, x)
+  want = dense_rerank(full, 2, 20, 6, 0.3)
+  got = rerank.rerank_distances(full[:2, 2:], full[:2, :2], full[2:, 2:])
+  np.testing.assert_allclose(got, want, atol=1e-10)

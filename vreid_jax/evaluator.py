@@ -44,6 +44,7 @@ class Evaluator:
       if role not in data.roles:
         raise ValueError(f"dataset {data.name} has no {role} role to "
                          "evaluate on")
+    self._check_positives()
     self._embed = jax.jit(
         functools.partial(_embed, model=model, mean=tuple(config.input.mean),
                           std=tuple(config.input.std)),
@@ -84,6 +85,24 @@ class Evaluator:
     if sums is None or (counts == 0).any():
       raise RuntimeError(f"{role}: some tracklets received no clip")
     return (sums / counts[:, None]).astype(np.float32)
+
+  def _check_positives(self) -> None:
+    """Fails before training if no query could ever be scored."""
+    test, split = self.split()
+    qp, qc = test["pid"][split.query], test["camid"][split.query]
+    gp, gc = test["pid"][split.gallery], test["camid"][split.gallery]
+    ok = ~split.gallery_junk
+    has_positive = ((qp[:, None] == gp[None]) & (qc[:, None] != gc[None])
+                    & ok[None]).any(axis=1)
+    if not has_positive.any():
+      raise ValueError(
+          f"{self.data.name}: none of the {len(qp)} queries has a gallery "
+          f"positive in another camera under protocol {split.name} "
+          "(config.eval.protocol): nothing can be evaluated")
+    if not has_positive.all():
+      logging.info("%d of %d queries have no positive under %s; they will "
+                   "be excluded from the averages and reported.",
+                   (~has_positive).sum(), len(qp), split.name)
 
   def split(self) -> tuple[dict[str, np.ndarray], evaluation.Split]:
     """The test set (query then gallery tracklets) and its protocol split.

@@ -15,8 +15,9 @@ Two backends give the same numbers up to float rounding:
   x64 is enabled). Chunks have a fixed number of rows (the last one padded)
   so it compiles once.
 
-Measured on a 2-core CPU at MARS size (1,980 x 9,330): 128-d float32 GEMM
-NumPy 0.02 s vs XLA 0.06 s; 2048-d NumPy 0.33 s vs XLA 0.18 s; but
+Measured on the 2-core CPU at MARS size (1,980 x 9,330), float32: 128-d
+NumPy 0.02-0.06 s vs XLA 0.06 s; 2048-d NumPy 0.33 s (two BLAS threads,
+idle machine) or 0.7 s (one thread) vs XLA 0.18-0.5 s (idle to loaded).
 `import jax` alone costs ~0.8 s, so the command-line evaluation uses NumPy
 and the "auto" choice in `evaluator.evaluate` only picks JAX on an
 accelerator.
@@ -24,6 +25,7 @@ accelerator.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +41,9 @@ def check_metric(metric: str) -> None:
 
 def compute_dtype(*arrays: Any) -> np.dtype:
   """float64 if any input is float64, else float32."""
-  if any(np.asarray(a).dtype == np.float64 for a in arrays):
+  dtypes = (a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
+            for a in arrays)
+  if any(d == np.float64 for d in dtypes):
     return np.dtype(np.float64)
   return np.dtype(np.float32)
 
@@ -163,16 +167,22 @@ def distance_chunks(query: Any, gallery: Any, *, metric: str = "euclidean",
     raise ValueError(f"backend must be 'numpy' or 'jax', got {backend!r}")
 
 
-def _jax_distance_chunks(query, gallery, *, metric, normalize, chunk_size):
+@functools.cache
+def jitted_distances(metric: str, normalize: bool):
+  """`pairwise_distances_jax` jitted once per (metric, normalize)."""
   import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(functools.partial(pairwise_distances_jax, metric=metric,
+                                   normalize=normalize))
+
+
+def _jax_distance_chunks(query, gallery, *, metric, normalize, chunk_size):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   q = jnp.asarray(query)
   g = jnp.asarray(gallery)
   if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
     raise ValueError(f"features must be (m, D) and (n, D), got {q.shape} "
                      f"and {g.shape}")
-  fn = jax.jit(lambda a, b: pairwise_distances_jax(
-      a, b, metric=metric, normalize=normalize))
+  fn = jitted_distances(metric, bool(normalize))
   m = q.shape[0]
   chunk_size = min(chunk_size, max(m, 1))
   for s in range(0, m, chunk_size):

@@ -24,6 +24,7 @@ Where the work runs (`backend`):
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -190,6 +191,38 @@ def _padded_columns(rows: np.ndarray, cols: np.ndarray, num_rows: int,
   return table
 
 
+def _device_ranks(qblock, g, junk, pos_cols, junk_cols, *, metric,
+                  normalize):
+  """Ranks of a chunk's positives, counted on the device.
+
+  rank(q, p) = 1 + sum_j [d_qj < d_qp or (d_qj == d_qp and j < p)] over the
+  non-junk j (junk: `junk` for all queries, `junk_cols` per query, padded
+  with out-of-range indices). Also returns whether a non-junk distance is
+  not finite.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  d = distances_lib.pairwise_distances_jax(qblock, g, metric=metric,
+                                           normalize=normalize)
+  rows = jnp.arange(d.shape[0])[:, None]
+  masked = jnp.broadcast_to(junk[None, :], d.shape)
+  masked = masked.at[rows, junk_cols].set(True, mode="drop")
+  bad = jnp.any(~jnp.isfinite(d) & ~masked)
+  d = jnp.where(masked, jnp.inf, d)
+  v = jnp.take_along_axis(d, jnp.maximum(pos_cols, 0), axis=1)
+  idx = jnp.arange(d.shape[1])
+  before = ((d[:, None, :] < v[:, :, None])
+            | ((d[:, None, :] == v[:, :, None])
+               & (idx[None, None, :] < pos_cols[:, :, None])))
+  return jnp.sum(before, axis=-1, dtype=jnp.int32) + 1, bad
+
+
+@functools.cache
+def _jitted_device_ranks(metric: str, normalize: bool):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(functools.partial(_device_ranks, metric=metric,
+                                   normalize=normalize))
+
+
 def _jax_per_query(query_features, qp, qc, gallery_features, gallery, *,
                    metric, normalize, chunk,
                    rank_on_device: bool | None) -> metrics_lib.PerQuery:
@@ -223,37 +256,26 @@ def _jax_per_query(query_features, qp, qc, gallery_features, gallery, *,
   chunk = int(max(1, min(chunk, m,
                          _JAX_COMPARE_BUDGET // (pos_width * max(n, 1)))))
 
-  def ranks_fn(qblock, g, junk, pos_cols, junk_cols):
-    d = distances_lib.pairwise_distances_jax(qblock, g, metric=metric,
-                                             normalize=normalize)
-    rows = jnp.arange(d.shape[0])[:, None]
-    masked = jnp.broadcast_to(junk[None, :], d.shape)
-    masked = masked.at[rows, junk_cols].set(True, mode="drop")
-    bad = jnp.any(~jnp.isfinite(d) & ~masked)
-    d = jnp.where(masked, jnp.inf, d)
-    v = jnp.take_along_axis(d, jnp.maximum(pos_cols, 0), axis=1)
-    idx = jnp.arange(d.shape[1])
-    before = ((d[:, None, :] < v[:, :, None])
-              | ((d[:, None, :] == v[:, :, None])
-                 & (idx[None, None, :] < pos_cols[:, :, None])))
-    return jnp.sum(before, axis=-1, dtype=jnp.int32) + 1, bad
-
-  fn = jax.jit(ranks_fn)
+  fn = _jitted_device_ranks(metric, bool(normalize))
   q = jnp.asarray(query_features)
   g = jnp.asarray(gallery_features)
   junk = jnp.asarray(gallery.junk)
-  parts = []
+  # Dispatch every chunk first (JAX runs them asynchronously; each output
+  # is only (chunk, pos_width) ints), then fetch.
+  pending = []
   for s in range(0, m, chunk):
     e = min(s + chunk, m)
     pad = chunk - (e - s)
     qblock = jnp.pad(q[s:e], ((0, pad), (0, 0)))
     pos = np.pad(pos_table[s:e], ((0, pad), (0, 0)), constant_values=-1)
     jt = np.pad(junk_table[s:e], ((0, pad), (0, 0)), constant_values=n)
-    ranks, bad = fn(qblock, g, junk, pos, jt)
-    ranks = np.asarray(ranks)[:e - s]
+    pending.append((s, e, fn(qblock, g, junk, pos, jt)))
+  parts = []
+  for s, e, (ranks, bad) in pending:
     if bool(bad):
       raise ValueError("distances must be finite (found NaN or inf among "
                        "non-junk items)")
+    ranks = np.asarray(ranks)[:e - s]
     hit = pos_table[s:e] >= 0
     rows = np.nonzero(hit)[0]
     parts.append(metrics_lib.per_query_from_ranks(rows, ranks[hit], e - s))

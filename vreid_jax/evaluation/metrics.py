@@ -114,10 +114,11 @@ def _as_labels(x: Any, name: str) -> np.ndarray:
   arr = np.asarray(x)
   if arr.ndim != 1:
     raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-  if arr.size and not np.issubdtype(arr.dtype, np.integer):
-    if not np.all(np.equal(np.mod(arr, 1), 0)):
-      raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
-  return arr.astype(np.int64, copy=False)
+  if arr.dtype.kind in "iu":
+    return arr.astype(np.int64, copy=False)
+  if arr.dtype.kind in "fb" and np.all(np.equal(np.mod(arr, 1), 0)):
+    return arr.astype(np.int64)
+  raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
 
 
 def default_gallery_junk(gallery_pids: Any) -> np.ndarray:

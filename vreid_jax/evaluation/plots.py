@@ -41,6 +41,9 @@ def plot_cmc(cmc_curve: Sequence[float] | Mapping[str, Sequence[float]],
     y = 100 * np.asarray(curve, np.float64)
     ax.plot(np.arange(1, y.size + 1), y, marker="o", markersize=3,
             label=label or None)
+  # pylint: disable-next=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel("rank")
   ax.set_ylabel("matching rate (%)")
   ax.set_ylim(0, 100)
@@ -97,8 +100,12 @@ def plot_ranked_lists(query_frames: Any, gallery_frames_list: Sequence[Any],
                      f"and {len(is_junk)} is_junk flags")
   rows = [_strip(query_frames, max_frames)]
   rows += [_strip(g, max_frames) for g in gallery_frames_list]
-  width = max(r.shape[1] / r.shape[0] for r in rows)
-  fig = _figure(figsize=(1.2 * width + 1.5, 1.2 * (k + 1)), dpi=100)
+  # pylint: disable-next=g-import-not-at-top
+  from matplotlib.patches import Rectangle
+  height = max(r.shape[0] for r in rows)
+  width = max(r.shape[1] for r in rows)
+  fig = _figure(figsize=(1.2 * width / height + 1.5, 1.2 * (k + 1)),
+                dpi=100)
   axes = fig.subplots(k + 1, 1, squeeze=False)
   for i, (ax, strip) in enumerate(zip(axes[:, 0], rows)):
     if i == 0:
@@ -111,12 +118,17 @@ def plot_ranked_lists(query_frames: Any, gallery_frames_list: Sequence[Any],
       alpha = 0.35 if junk else 1.0
       if labels is not None:
         text += f"\n{labels[i - 1]}"
-    ax.imshow(strip, alpha=alpha, aspect="equal")
+    h, w = strip.shape[:2]
+    ax.imshow(strip, alpha=alpha, extent=(0, w, h, 0))
+    ax.add_patch(Rectangle((0, 0), w, h, fill=False, edgecolor=color,
+                           linewidth=4))
+    ax.set_xlim(-2, width + 2)                  # strips left-aligned, same
+    ax.set_ylim(height + 2, -2)                 # scale in every row
+    ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
-      spine.set_edgecolor(color)
-      spine.set_linewidth(4)
+      spine.set_visible(False)
     ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=8,
                   color=color)
   if title:

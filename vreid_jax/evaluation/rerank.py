@@ -1,30 +1,30 @@
 """k-reciprocal re-ranking (Zhong, Zheng, Cao & Li, CVPR 2017).
 
 Written from the paper's description. Pool P = queries followed by gallery
-items (N = m + n); neighbours are searched in the whole pool, as in the
-authors' released code and every toolkit that reports re-ranked numbers.
+items (N = m + n); neighbours are searched in the whole pool, as the
+authors' released code does.
 
 1. Original distance. d(i, j) is the chosen metric divided by the row's
    maximum, d(i, j) = dist(i, j) / max_j' dist(i, j'), so the Gaussian kernel
    below does not depend on the feature scale. N(i, k) is the first k + 1
    items of i's ranking by d (i itself is normally first), ties broken by
    pool index.
-2. k-reciprocal neighbours (Eq. 3): R(i, k) = {j in N(i, k) : i in N(j, k)}.
-3. Expansion (Eq. 8), with h = round(k1 / 2):
+2. k-reciprocal neighbours: R(i, k) = {j in N(i, k) : i in N(j, k)}.
+3. Expansion, with h = round(k1 / 2):
    R*(i) = R(i, k1) united with every R(c, h), c in R(i, k1), for which
-   |R(i, k1) & R(c, h)| >= 2/3 |R(c, h)|.
-4. Gaussian-kernel vectors (Eq. 10): V_ij = exp(-d(i, j)) for j in R*(i),
+   |R(i, k1) & R(c, h)| >= 2/3 |R(c, h)| (the paper's >=; tested exactly,
+   in integers: 3 |R(i, k1) & R(c, h)| >= 2 |R(c, h)|).
+4. Gaussian-kernel vectors: V_ij = exp(-d(i, j)) for j in R*(i),
    0 elsewhere, then each row is divided by its sum (as the released code
    does; the Jaccard distance below is otherwise unchanged in form).
-5. Local query expansion (Eq. 11): V_i <- (1 / k2) sum_{m in N(i, k2 - 1)} V_m,
+5. Local query expansion: V_i <- (1 / k2) sum_{m in N(i, k2 - 1)} V_m,
    i.e. the mean over the first k2 items of i's ranking (none for k2 = 1).
-6. Jaccard distance (Eq. 9 with min/max):
+6. Jaccard distance (with min/max for the weighted sets):
    d_J(q, g) = 1 - sum_j min(V_qj, V_gj) / sum_j max(V_qj, V_gj),
    computed as 1 - M / (|V_q|_1 + |V_g|_1 - M) with M = sum_j min(...).
-7. Final distance (Eq. 12): (1 - lambda) d_J(q, g) + lambda d(q, g).
+7. Final distance: (1 - lambda) d_J(q, g) + lambda d(q, g).
 
-Defaults k1 = 20, k2 = 6, lambda = 0.3 (the paper's choice for Market-1501
-and the usual one on MARS).
+Defaults k1 = 20, k2 = 6, lambda = 0.3 (the paper's settings).
 
 Memory: only (chunk, N) distance rows, an (N, k1 + 1) neighbour table and
 the sparse V (a few hundred non-zeros per row) are held; the Jaccard term is
@@ -46,7 +46,7 @@ from vreid_jax.evaluation import distances as distances_lib
 RowsFn = Callable[[int, int, int], np.ndarray]
 
 # Max (query non-zero, gallery non-zero) pairs expanded at once.
-_PAIR_BUDGET = 1 << 23
+_PAIR_BUDGET = 1 << 21
 # Max elements of the (rows, k1+1, h+1, k1+1) membership test at once.
 _SET_BUDGET = 1 << 24
 
@@ -185,6 +185,7 @@ def _rerank_core(rows_fn: RowsFn, num_query: int, num_pool: int, *,
   row_of = np.repeat(np.arange(n_pool), np.diff(indptr))
   data /= np.bincount(row_of, data, n_pool)[row_of]
   v = sparse.csr_matrix((data, indices, indptr), shape=(n_pool, n_pool))
+  k2 = min(k2, width)                       # a pool smaller than k2
   if k2 > 1:
     qe = sparse.csr_matrix(
         (np.full(n_pool * k2, 1.0 / k2),

@@ -309,6 +309,17 @@ def make_train_spec(data: ReidData, config, *, process_index: int = 0,
       process_count=process_count)
 
 
+def _flags_parsed_for_workers() -> None:
+  """grain worker processes read absl flags: parse them if nobody has.
+
+  `python -m vreid_jax.main` parses them through absl.app; notebooks and
+  argparse scripts have not, and grain would fail in its workers.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def train_iterator(batches: TrainBatches, num_steps: int, *,
                    num_workers: int = 0, num_threads: int = 2,
                    prefetch: int = 4) -> grain.DatasetIterator:
@@ -320,6 +331,7 @@ def train_iterator(batches: TrainBatches, num_steps: int, *,
   it_ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=num_threads, prefetch_buffer_size=prefetch))
   if num_workers > 0:
+    _flags_parsed_for_workers()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=2))
   return iter(it_ds)
@@ -447,6 +459,7 @@ def eval_iterator(batches: EvalBatches, *, num_workers: int = 0,
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                prefetch_buffer_size=4))
   if num_workers > 0:
+    _flags_parsed_for_workers()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers))
   return iter(it_ds)
