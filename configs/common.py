@@ -71,7 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
       max_rank=20,
       rerank=False,             # also report k-reciprocal re-ranking
       save_features=False,      # write query/gallery_features.npz
-      plots=True,               # cmc.png in the workdir
+      plots=True,               # cmc.png, ranked_list_<i>.png in the workdir
+      plot_queries=4,           # queries drawn as ranked lists
+      plot_top_k=8,
   ))
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))

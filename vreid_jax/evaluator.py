@@ -186,15 +186,48 @@ class Evaluator:
                    features=features[rows], pids=test["pid"][rows],
                    camids=test["camid"][rows])
       if cfg.plots:
-        self._plots(results, workdir)
+        self._plots(results, features, test, split, workdir)
     return results
 
-  def _plots(self, results, workdir: str) -> None:
+  def _plots(self, results, features, test, split, workdir: str) -> None:
+    """cmc.png and ranked_list_<i>.png (the papers' Fig. 7 style)."""
     try:
-      from vreid_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+      from vreid_jax.evaluation import distances, plots  # pylint: disable=g-import-not-at-top
       plots.plot_cmc(results["cmc_curve"], os.path.join(workdir, "cmc.png"))
-    except Exception as e:  # Plots must never lose a finished run.
-      logging.warning("could not write the CMC plot: %s", e)
+      num = self.cfg.plot_queries
+      if not num:
+        return
+      q_rows = split.query[:num]
+      dist = distances.pairwise_distances(
+          features[q_rows], features[split.gallery], metric=self.cfg.metric,
+          normalize=self.cfg.normalize)
+      for i, row in enumerate(q_rows):
+        order = np.argsort(dist[i], kind="stable")[:self.cfg.plot_top_k]
+        g_rows = split.gallery[order]
+        same = test["pid"][g_rows] == test["pid"][row]
+        same_cam = test["camid"][g_rows] == test["camid"][row]
+        junk = split.gallery_junk[order] | (same & same_cam)
+        plots.plot_ranked_lists(
+            self._frames(row), [self._frames(g) for g in g_rows],
+            is_match=same & ~junk, is_junk=junk,
+            path=os.path.join(workdir, f"ranked_list_{i}.png"),
+            title=(f"query pid {test['pid'][row]} cam {test['camid'][row]}"
+                   f" ({split.name})"),
+            labels=[f"pid {test['pid'][g]} cam {test['camid'][g]}"
+                    for g in g_rows])
+    except Exception as e:  # pylint: disable=broad-except
+      # Pictures must never lose a finished run's metrics.
+      logging.warning("could not write the evaluation pictures: %s", e)
+
+  def _frames(self, test_row: int, max_frames: int = 6) -> np.ndarray:
+    """Up to `max_frames` evenly spaced frames of a test-set tracklet."""
+    nq = len(self.data.roles["query"])
+    role = self.data.roles["query" if test_row < nq else "gallery"]
+    pos = test_row if test_row < nq else test_row - nq
+    frames = self.data.source(role.split)[int(role.records[pos])]["frames"]
+    idx = np.unique(np.linspace(0, len(frames) - 1, max_frames).astype(int))
+    return augment.decode_clip(frames, idx, self.config.input.height,
+                               self.config.input.width)
 
 
 def summary_scalars(results: Mapping[str, Any], prefix: str = "eval/"

@@ -45,6 +45,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
+  if not flags.FLAGS["verbosity"].present:
+    # Orbax and TFDS log every save at INFO; progress goes to stdout anyway.
+    logging.set_verbosity(logging.WARNING)
   if config.get("jax_cache_dir"):
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(config.jax_cache_dir))

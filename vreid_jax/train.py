@@ -185,22 +185,29 @@ def initial_variables(config, model, rng, clip_shape):
     from vreid_jax.models import weights  # pylint: disable=g-import-not-at-top
     variables = weights.merge_backbone(
         variables, init.backbone_weights, arch=config.model.arch)
-    logging.info("Initialised the backbone from %s", init.backbone_weights)
+    _say("Initialised the backbone from %s", init.backbone_weights)
   if init.checkpoint:
     source = ckpt_lib.restore_params(init.checkpoint)
     merged = {}
     for col in ("params", "batch_stats"):
       merged[col], loaded, skipped = merge_matching(variables[col],
                                                     source.get(col, {}), col)
-      logging.info("init_from.checkpoint: %s: loaded %d arrays, kept %d "
-                   "freshly initialised (%s)", col, len(loaded), len(skipped),
-                   ", ".join(skipped[:8]))
+      _say("init_from.checkpoint: %s: loaded %d arrays, kept %d freshly "
+           "initialised (%s)", col, len(loaded), len(skipped),
+           ", ".join(skipped[:8]))
       if col == "params" and not loaded:
         raise ValueError(
             f"config.init_from.checkpoint={init.checkpoint}: no parameter "
             "matches this model (names or shapes differ)")
     variables = merged
   return variables
+
+
+def _say(message: str, *args) -> None:
+  """Logs and prints on the first process (the CLI logs WARNING+ only)."""
+  logging.info(message, *args)
+  if jax.process_index() == 0:
+    print(message % args if args else message, flush=True)
 
 
 def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
@@ -227,7 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   config_utils.check_config(config)
   mesh = parallel.make_mesh()
   num_devices = mesh.devices.size
-  logging.info("Devices: %d (%s), processes: %d", num_devices,
+  _say("Devices: %d x %s, processes: %d", num_devices,
                jax.devices()[0].platform, jax.process_count())
 
   data = pipeline.open_dataset(config.dataset, config.data_dir)
@@ -243,8 +250,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   steps_per_epoch = batches.steps_per_epoch
   total_steps = config_utils.total_steps(config, steps_per_epoch)
   num_classes = len(np.unique(spec.pids))
-  logging.info("Dataset %s: %s; %d train ids, %d steps per epoch, %d steps",
-               data.name, ", ".join(f"{r} {len(s)}" for r, s in
+  _say("Dataset %s in %s: %s; %d train ids, %d steps per epoch, %d steps",
+               data.name, data.data_dir, ", ".join(f"{r} {len(s)}" for r, s in
                                     data.roles.items()),
                num_classes, steps_per_epoch, total_steps)
 
@@ -273,8 +280,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   restored = ckpt_lib.restore_latest(manager, abstract_state, meta, workdir)
   if restored is not None:
     state, iter_state, start_step = restored
-    logging.info("Resuming from step %d", start_step)
-    print(f"Resuming from step {start_step}", flush=True)
+    _say("Resuming from step %d", start_step)
   else:
     variables = initial_variables(config, model, init_rng, clip_shape)
     state = jax.device_put(create_train_state(variables, tx, state_rng),
@@ -340,9 +346,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               f"loss={mean_metrics['loss']:.4f} [{terms}] "
               f"lr={mean_metrics['lr']:.3g} {rate:.1f} clips/s "
               f"ETA {_fmt_time(eta)}")
-      logging.info(line)
-      if jax.process_index() == 0:
-        print(line, flush=True)
+      _say(line)
       writer.scalars(step, {**mean_metrics, "clips_per_sec": rate})
       t_window, clips_window = time.time(), 0
     if eval_every and step % eval_every == 0 and step < total_steps:
