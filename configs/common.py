@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
       epoch_repeats=1,              # PK passes over the tracklets per epoch
       flip_prob=0.5, pad=10, erasing_prob=0.5,
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+      with_flow=False,              # also serve "flow" (data_prep/flow.py)
       num_workers=0,                # grain worker processes (0 = threads)
       num_threads=2,
   ))

@@ -76,35 +76,83 @@ def decode_clip(frames: Sequence[bytes], indices: np.ndarray, height: int,
 
 
 def augment_clip(clip: np.ndarray, cfg: AugmentConfig,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator,
+                 flow: np.ndarray | None = None):
   """Applies one random flip / translation / erasing to a whole clip.
 
   Args:
     clip: (T, H, W, 3) uint8.
     cfg: augmentation settings.
     rng: the clip's generator.
+    flow: optional (T, H, W, 2) uint8 quantised optical flow of the clip
+      (0 px = 128, `input_pipeline/flow.py`); it receives the same draw: a
+      flip also negates the horizontal displacement, padding and erased
+      boxes are zero motion.
 
   Returns:
-    (T, H, W, 3) uint8.
+    (T, H, W, 3) uint8, or (clip, flow) when flow is given.
   """
   t, h, w, _ = clip.shape
   fill = np.round(np.asarray(cfg.mean) * 255).astype(np.uint8)
+  zero_motion = np.array([128, 128], np.uint8)
   if cfg.flip and rng.uniform() < cfg.flip:
     clip = clip[:, :, ::-1]
+    if flow is not None:
+      flow = flow[:, :, ::-1].copy()
+      flow[..., 0] = 255 - flow[..., 0]  # f -> -f in the uint8 encoding.
   if cfg.pad:
     p = cfg.pad
-    padded = np.empty((t, h + 2 * p, w + 2 * p, 3), np.uint8)
-    padded[...] = fill
-    padded[:, p:p + h, p:p + w] = clip
     y, x = rng.integers(0, 2 * p + 1, size=2)
-    clip = padded[:, y:y + h, x:x + w]
+    clip = _pad_crop(clip, p, y, x, fill)
+    if flow is not None:
+      flow = _pad_crop(flow, p, y, x, zero_motion)
   if cfg.erasing and rng.uniform() < cfg.erasing:
     box = _erasing_box(h, w, cfg, rng)
     if box is not None:
       y0, x0, bh, bw = box
       clip = np.array(clip)
       clip[:, y0:y0 + bh, x0:x0 + bw] = fill
-  return np.ascontiguousarray(clip)
+      if flow is not None:
+        flow = np.array(flow)
+        flow[:, y0:y0 + bh, x0:x0 + bw] = zero_motion
+  clip = np.ascontiguousarray(clip)
+  if flow is None:
+    return clip
+  return clip, np.ascontiguousarray(flow)
+
+
+def _pad_crop(x: np.ndarray, p: int, y0: int, x0: int,
+              fill: np.ndarray) -> np.ndarray:
+  t, h, w, c = x.shape
+  padded = np.empty((t, h + 2 * p, w + 2 * p, c), np.uint8)
+  padded[...] = fill
+  padded[:, p:p + h, p:p + w] = x
+  return padded[:, y0:y0 + h, x0:x0 + w]
+
+
+def decode_flow_clip(frames: Sequence[bytes], indices: np.ndarray,
+                     height: int, width: int) -> np.ndarray:
+  """Decodes quantised flow PNGs at `indices` to (T, H, W, 2) uint8.
+
+  Resizing scales the displacements with the image (x by the width ratio,
+  y by the height ratio), so a flow vector stays in output pixels.
+  """
+  from vreid_jax.input_pipeline import flow as flow_lib  # pylint: disable=g-import-not-at-top
+  out = np.empty((len(indices), height, width, 2), np.uint8)
+  cache: dict[int, np.ndarray] = {}
+  for t, i in enumerate(indices):
+    i = int(i)
+    if i not in cache:
+      f = flow_lib.decode_flow(frames[i])  # (h, w, 2) float pixels.
+      h0, w0 = f.shape[:2]
+      if (h0, w0) != (height, width):
+        chans = [np.asarray(Image.fromarray(f[..., c]).resize(
+            (width, height), Image.BILINEAR)) for c in range(2)]
+        f = np.stack(chans, -1) * np.array([width / w0, height / h0],
+                                           np.float32)
+      cache[i] = flow_lib.quantize(f)
+    out[t] = cache[i]
+  return out
 
 
 def _erasing_box(h: int, w: int, cfg: AugmentConfig,

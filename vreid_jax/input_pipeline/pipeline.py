@@ -160,6 +160,16 @@ _SOURCES: dict[tuple[str, str, str], Any] = {}
 _SOURCES_LOCK = threading.Lock()
 
 
+def _flow_source(name: str, data_dir: str, split: str):
+  """A per-process cache of precomputed-flow sources (data_prep/flow.py)."""
+  key = ("flow", name, data_dir, split)
+  with _SOURCES_LOCK:
+    if key not in _SOURCES:
+      from vreid_jax.input_pipeline import flow  # pylint: disable=g-import-not-at-top
+      _SOURCES[key] = flow.FlowSource(data_dir, name, split)
+    return _SOURCES[key]
+
+
 def _data_source(name: str, data_dir: str, split: str):
   """A per-process cache of random-access data sources."""
   key = (name, data_dir, split)
@@ -193,6 +203,7 @@ class TrainSpec:
   augment: augment.AugmentConfig
   seed: int
   epoch_repeats: int = 1
+  with_flow: bool = False
   process_index: int = 0
   process_count: int = 1
 
@@ -264,7 +275,9 @@ class TrainBatches:
     _, row = self.locate(int(step))
     lo = s.process_index * s.local_batch_size
     source = _data_source(s.name, s.data_dir, s.split)
-    clips, labels, pids, camids = [], [], [], []
+    flow_source = _flow_source(s.name, s.data_dir, s.split) if (
+        s.with_flow) else None
+    clips, flows, labels, pids, camids = [], [], [], [], []
     for slot in range(lo, lo + s.local_batch_size):
       pos = int(row[slot])
       rng = np.random.default_rng([s.seed, 11, int(step), slot])
@@ -273,17 +286,27 @@ class TrainBatches:
       example = source[s.records[pos]]
       clip = augment.decode_clip(example["frames"], idx, s.augment.height,
                                  s.augment.width)
-      clips.append(augment.augment_clip(clip, s.augment, rng))
+      if flow_source is None:
+        clips.append(augment.augment_clip(clip, s.augment, rng))
+      else:
+        flow = augment.decode_flow_clip(flow_source[s.records[pos]], idx,
+                                        s.augment.height, s.augment.width)
+        clip, flow = augment.augment_clip(clip, s.augment, rng, flow=flow)
+        clips.append(clip)
+        flows.append(flow)
       labels.append(s.labels[pos])
       pids.append(s.pids[pos])
       camids.append(s.camids[pos])
-    return {
+    batch = {
         "clips": np.stack(clips),
         "mask": np.ones((s.local_batch_size, s.clip_len), np.bool_),
         "labels": np.asarray(labels, np.int32),
         "pids": np.asarray(pids, np.int32),
         "camids": np.asarray(camids, np.int32),
     }
+    if flows:
+      batch["flow"] = np.stack(flows)
+    return batch
 
 
 def make_train_spec(data: ReidData, config, *, process_index: int = 0,
@@ -305,6 +328,7 @@ def make_train_spec(data: ReidData, config, *, process_index: int = 0,
       num_ids_per_batch=inp.num_ids_per_batch, num_per_id=inp.num_per_id,
       clip_len=inp.clip_len, clip_sampling=inp.clip_sampling, augment=aug,
       seed=config.seed, epoch_repeats=inp.epoch_repeats,
+      with_flow=inp.with_flow,
       process_index=process_index,
       process_count=process_count)
 
@@ -423,12 +447,14 @@ class EvalBatches:
 
   def __init__(self, name: str, data_dir: str, split: str,
                records: Sequence[int], plan: Sequence[EvalBatch], height: int,
-               width: int, process_index: int = 0, process_count: int = 1):
+               width: int, process_index: int = 0, process_count: int = 1,
+               with_flow: bool = False):
     self.name, self.data_dir, self.split = name, data_dir, split
     self.records = tuple(int(r) for r in records)
     self.plan = tuple(plan)
     self.height, self.width = height, width
     self.process_index, self.process_count = process_index, process_count
+    self.with_flow = with_flow
 
   def __len__(self) -> int:
     return len(self.plan)
@@ -440,17 +466,27 @@ class EvalBatches:
     source = _data_source(self.name, self.data_dir, self.split)
     clips = np.zeros((n, batch.clip_len, self.height, self.width, 3),
                      np.uint8)
+    flows = np.full((n, batch.clip_len, self.height, self.width, 2), 128,
+                    np.uint8) if self.with_flow else None
     for j, item in enumerate(items):
       if item.position < 0:
         continue
-      frames = source[self.records[item.position]]["frames"]
+      record = self.records[item.position]
+      frames = source[record]["frames"]
       clips[j, item.mask] = augment.decode_clip(
           frames, item.indices[item.mask], self.height, self.width)
-    return {
+      if flows is not None:
+        flows[j, item.mask] = augment.decode_flow_clip(
+            _flow_source(self.name, self.data_dir, self.split)[record],
+            item.indices[item.mask], self.height, self.width)
+    out = {
         "clips": clips,
         "mask": np.stack([it.mask for it in items]),
         "position": np.asarray([it.position for it in items], np.int32),
     }
+    if flows is not None:
+      out["flow"] = flows
+    return out
 
 
 def eval_iterator(batches: EvalBatches, *, num_workers: int = 0,
