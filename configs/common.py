@@ -34,6 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
       auto_build=False,   # Build procedurally generated datasets if missing.
   ))
 
+  # Cross-dataset evaluation (train on `dataset`, test on this one with its
+  # own protocol); name '' = evaluate on `dataset`.
+  c.eval_dataset = ml_collections.ConfigDict(dict(
+      name="", config="", trial=-1, auto_build=False))
+
   # Training input: PK batches of clips.
   c.input = ml_collections.ConfigDict(dict(
       height=256, width=128,

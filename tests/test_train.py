@@ -210,3 +210,27 @@ def test_unknown_config_key_fails(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "clip_lenn" in out.stderr
+
+
+def test_cross_dataset_evaluation(synthetic_data_dir, tmp_path):
+  """Train on synthetic tiny, test on a (fake) MARS with its own protocol."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import fake_trees  # pylint: disable=g-import-not-at-top
+  from vreid_jax.datasets.mars import mars  # pylint: disable=g-import-not-at-top
+  fake_trees.make_mars_tree(str(tmp_path / "manual"))
+  data_dir = tmp_path / "tfds"
+  mars.Mars(data_dir=str(data_dir)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=str(tmp_path / "manual")), file_format="array_record")
+  # Both datasets in one data dir.
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(os.path.join(synthetic_data_dir, "synthetic_video_reid"),
+                  data_dir / "synthetic_video_reid")
+  config = _config(str(data_dir))
+  with config.unlocked():
+    config.num_steps = 2
+    config.eval_dataset.name = "mars"
+    config.eval.protocol = "matlab"
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["protocol"]["name"] == "mars/matlab"
+  assert results["num_queries"] == 2

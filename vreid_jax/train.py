@@ -296,7 +296,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       mesh, sharding, model=model, tx=tx, losses=config.losses.to_dict(),
       schedule=schedule, mean=tuple(config.input.mean),
       std=tuple(config.input.std))
-  evaluator = evaluator_lib.Evaluator(config, data, model, mesh)
+  eval_data = data
+  if config.eval_dataset.name:
+    eval_data = pipeline.open_dataset(config.eval_dataset, config.data_dir)
+    _say("Cross-dataset evaluation on %s: %s", eval_data.name,
+         ", ".join(f"{r} {len(s)}" for r, s in eval_data.roles.items()
+                   if r != "train"))
+  evaluator = evaluator_lib.Evaluator(config, eval_data, model, mesh)
 
   it = pipeline.train_iterator(batches, total_steps,
                                num_workers=config.input.num_workers,
