@@ -33,8 +33,10 @@ def checkpoint_dir(workdir: str) -> str:
 
 def make_manager(workdir: str, *, max_to_keep: int = 3,
                  asynchronous: bool = True) -> ocp.CheckpointManager:
+  # cleanup_tmp_directories: a run killed while saving leaves a temporary
+  # directory; it is removed when the run resumes.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True,
+      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
       enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=ITEMS)

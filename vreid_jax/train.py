@@ -34,11 +34,11 @@ import optax
 
 from vreid_jax import checkpoint as ckpt_lib
 from vreid_jax import config_utils
-from vreid_jax import evaluator as evaluator_lib
 from vreid_jax import losses as losses_lib
 from vreid_jax import optim
 from vreid_jax import parallel
 from vreid_jax import summary as summary_lib
+from vreid_jax.evaluation import model_eval
 from vreid_jax.input_pipeline import augment
 from vreid_jax.input_pipeline import pipeline
 
@@ -302,7 +302,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     _say("Cross-dataset evaluation on %s: %s", eval_data.name,
          ", ".join(f"{r} {len(s)}" for r, s in eval_data.roles.items()
                    if r != "train"))
-  evaluator = evaluator_lib.Evaluator(config, eval_data, model, mesh)
+  evaluator = model_eval.ModelEvaluator(config, eval_data, model, mesh)
 
   it = pipeline.train_iterator(batches, total_steps,
                                num_workers=config.input.num_workers,
@@ -358,9 +358,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if eval_every and step % eval_every == 0 and step < total_steps:
       flush_pending()
       results = evaluator.evaluate(state.variables())
-      writer.scalars(step, evaluator_lib.summary_scalars(results))
+      writer.scalars(step, model_eval.summary_scalars(results))
       print(f"eval at step {step}: "
-            f"{evaluator_lib.format_results(results)}", flush=True)
+            f"{model_eval.format_results(results)}", flush=True)
     if (ckpt_every and step % ckpt_every == 0) or step == total_steps:
       flush_pending()
       ckpt_lib.save(manager, step, state, it.get_state(), meta)
@@ -373,12 +373,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   results["step"] = int(step)
   logging.info("This run trained %d steps in %s.", step - start_step,
                _fmt_time(train_time))
-  writer.scalars(step, evaluator_lib.summary_scalars(results))
+  writer.scalars(step, model_eval.summary_scalars(results))
   writer.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
-    print(f"final: {evaluator_lib.format_results(results)}", flush=True)
+    print(f"final: {model_eval.format_results(results)}", flush=True)
     print(f"metrics written to {os.path.join(workdir, 'metrics.json')}",
           flush=True)
   manager.close()

@@ -15,8 +15,8 @@ tracklet's clips are averaged by the evaluator.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -263,12 +263,10 @@ class TrainBatches:
 
   def locate(self, step: int) -> tuple[int, np.ndarray]:
     """Returns (epoch, row of positions) of global batch `step`."""
-    epoch = 0
-    while True:
-      plan = self._epoch_plan(epoch)
-      if step < self._starts[epoch + 1]:
-        return epoch, plan[step - self._starts[epoch]]
-      epoch += 1
+    while self._starts[-1] <= step:  # Plans are made lazily, in order.
+      self._epoch_plan(len(self._plans))
+    epoch = bisect.bisect_right(self._starts, step) - 1
+    return epoch, self._plans[epoch][step - self._starts[epoch]]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     s = self.spec

@@ -1,4 +1,7 @@
-"""Evaluation of a model on a dataset's query and gallery roles.
+"""Evaluation of a model on a dataset's query and gallery roles (JAX).
+
+Not imported by `vreid_jax.evaluation` (which stays NumPy-only); the trainer
+imports it directly.
 
 Embeddings are computed under jit over the device mesh with a frame mask
 (`config.eval.mode` says which test-time clips: the whole tracklet, dense
@@ -32,7 +35,7 @@ def _embed(variables, clips, mask, *, model, mean, std):
   return embedding.astype(np.float32)
 
 
-class Evaluator:
+class ModelEvaluator:
   """Embeds query and gallery with a model and scores the ranking."""
 
   def __init__(self, config, data: pipeline.ReidData, model, mesh):
