@@ -1,17 +1,15 @@
 """TFDS builders of vreid_jax. Importing this package registers them all.
 
 Registered names: `synthetic_video_reid`, `mars`, `duke_video_reid`,
-`ilids_vid`, `prid2011`, `ls_vid` and `sdu_vid`.
+`ilids_vid`, `prid2011`, `ls_vid` and `sdu_vid`. All share the feature spec
+of `features.py` and the machinery of `base.py`.
 """
 
-import importlib
-
-_BUILDERS = ("synthetic_video_reid", "mars", "duke_video_reid", "ilids_vid",
-             "prid2011", "ls_vid", "sdu_vid")
-
-for _name in _BUILDERS:
-  try:
-    importlib.import_module(f"vreid_jax.datasets.{_name}")
-  except ModuleNotFoundError as _e:  # A builder package not written yet.
-    if _e.name != f"vreid_jax.datasets.{_name}":
-      raise
+# pylint: disable=unused-import
+from vreid_jax.datasets import duke_video_reid
+from vreid_jax.datasets import ilids_vid
+from vreid_jax.datasets import ls_vid
+from vreid_jax.datasets import mars
+from vreid_jax.datasets import prid2011
+from vreid_jax.datasets import sdu_vid
+from vreid_jax.datasets import synthetic_video_reid
