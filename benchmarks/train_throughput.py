@@ -21,7 +21,6 @@ sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vreid_jax import config_utils
