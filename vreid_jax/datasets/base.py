@@ -34,6 +34,20 @@ from vreid_jax.datasets import features as features_lib
 FrameSource = str | bytes | Callable[[], bytes]
 
 
+def dataset_root(manual_dir: str, folder: str, marker: str) -> str:
+  """Where a dataset's published folder is, given the manual dir.
+
+  The manual dir may hold the unpacked folder (`manual_dir/<folder>`) or be
+  that folder itself, recognised by a `marker` entry inside it. Any other
+  case returns `manual_dir/<folder>`, whose absence the layout check names.
+  """
+  root = os.path.join(manual_dir, folder)
+  if not os.path.isdir(root) and os.path.isdir(
+      os.path.join(manual_dir, marker)):
+    return manual_dir
+  return root
+
+
 class CorruptImageError(ValueError):
   """A frame could not be read, is not JPEG/PNG, or has the wrong size."""
 

@@ -91,10 +91,7 @@ class DukeVideoReid(base.ReidBuilder):
     Raises:
       base.LayoutError: naming every missing folder.
     """
-    root = os.path.join(manual_dir, _FOLDER)
-    if not os.path.isdir(root) and os.path.isdir(
-        os.path.join(manual_dir, "query")):
-      root = manual_dir
+    root = base.dataset_root(manual_dir, _FOLDER, "query")
     base.check_layout(
         "DukeMTMC-VideoReID", manual_dir,
         [(os.path.join(root, s) + "/", "from DukeMTMC-VideoReID.zip")

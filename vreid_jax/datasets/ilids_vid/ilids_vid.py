@@ -131,10 +131,7 @@ class IlidsVid(base.ReidBuilder):
     Raises:
       base.LayoutError: naming every missing file or folder.
     """
-    root = os.path.join(manual_dir, _FOLDER)
-    if not os.path.isdir(root) and os.path.isdir(
-        os.path.join(manual_dir, "sequences")):
-      root = manual_dir
+    root = base.dataset_root(manual_dir, _FOLDER, "sequences")
     splits = os.path.join(manual_dir, _SPLITS_DIR, _SPLITS_FILE)
     if not os.path.isfile(splits) and os.path.isfile(
         os.path.join(root, _SPLITS_DIR, _SPLITS_FILE)):

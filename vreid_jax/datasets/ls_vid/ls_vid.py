@@ -175,10 +175,7 @@ class LsVid(base.ReidBuilder):
     Raises:
       base.LayoutError: naming every missing file or folder.
     """
-    root = os.path.join(manual_dir, _FOLDER)
-    if not os.path.isdir(root) and os.path.isdir(
-        os.path.join(manual_dir, "list_sequence")):
-      root = manual_dir
+    root = base.dataset_root(manual_dir, _FOLDER, "list_sequence")
     origin = "from the LS-VID release"
     required = [(os.path.join(root, f"tracklet_{s}") + "/", origin)
                 for s in _LISTS]

@@ -125,10 +125,7 @@ class Mars(base.ReidBuilder):
     Raises:
       base.LayoutError: naming every missing file or folder.
     """
-    root = os.path.join(manual_dir, _FOLDER)
-    if not os.path.isdir(root) and os.path.isdir(
-        os.path.join(manual_dir, "info")):
-      root = manual_dir  # manual_dir is the MARS folder itself.
+    root = base.dataset_root(manual_dir, _FOLDER, "info")
     info = "MARS evaluation files, the info/ folder of MARS-evaluation"
     required = [(os.path.join(root, f"bbox_{s}") + "/",
                  f"frames, from bbox_{s}.zip") for s in ("train", "test")]

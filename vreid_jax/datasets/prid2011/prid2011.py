@@ -128,10 +128,7 @@ class Prid2011(base.ReidBuilder):
     Raises:
       base.LayoutError: naming every missing file or folder.
     """
-    root = os.path.join(manual_dir, _FOLDER)
-    if not os.path.isdir(root) and os.path.isdir(
-        os.path.join(manual_dir, "multi_shot")):
-      root = manual_dir
+    root = base.dataset_root(manual_dir, _FOLDER, "multi_shot")
     multi = os.path.join(root, "multi_shot")
     origin = "from prid_2011.zip"
     base.check_layout("PRID-2011", manual_dir, [

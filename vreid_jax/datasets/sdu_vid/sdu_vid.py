@@ -80,10 +80,7 @@ class SduVid(base.ReidBuilder):
     Raises:
       base.LayoutError: naming every missing folder.
     """
-    root = os.path.join(manual_dir, _FOLDER)
-    if not os.path.isdir(root) and os.path.isdir(
-        os.path.join(manual_dir, "cam1")):
-      root = manual_dir
+    root = base.dataset_root(manual_dir, _FOLDER, "cam1")
     origin = "the SDU-VID frames, one folder per person (assumed layout)"
     base.check_layout("SDU-VID", manual_dir, [
         (os.path.join(root, "cam1") + "/", origin),
