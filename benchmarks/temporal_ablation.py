@@ -42,16 +42,16 @@ def make_config(variant: str, *, steps: int, seed: int, clip_len: int,
     config.log_every_steps = max(steps // 4, 1)
     config.model_name = "gltr"
     config.model = ml_collections.ConfigDict(dict(
-        arch="resnet18", width=16, last_stride=1, embed_dim=64,
+        arch="resnet18", width=16, last_stride=1, frame_dim=64,
         reduction_relu=True, temporal=variant, num_branches=3,
         identity_branch=False, alpha=2, neck_feat="after",
         dtype="float32"))
     config.input.clip_len = clip_len
     config.input.num_ids_per_batch = 8
     config.input.num_per_id = 2
-    config.eval.mode = "dense"
-    config.eval.clip_len = clip_len
-    config.eval.plots = False
+    config.evals.reid.mode = "dense"
+    config.evals.reid.clip_len = clip_len
+    config.evals.reid.plots = False
     config.checkpoint.every_steps = steps
   return config
 

@@ -24,29 +24,33 @@ import jax
 import numpy as np
 
 from vreid_jax import config_utils
+from vreid_jax import losses as losses_lib
+from vreid_jax import models
 from vreid_jax import optim
 from vreid_jax import parallel
 from vreid_jax import train
-from vreid_jax.input_pipeline import augment
+from vreid_jax.input_pipeline import preprocess
 
 
 def measure(config, dtype: str, batch: int, steps: int, num_classes: int):
   with config.unlocked():
     config.model.dtype = dtype
-  model = train.build_model(config, num_classes)
+  model = models.build_model(config.model_name, num_classes, config.model)
   mesh = parallel.make_mesh()
   t, h, w = config.input.clip_len, config.input.height, config.input.width
   schedule = optim.make_schedule(config.schedule, total_steps=1000,
                                  steps_per_epoch=100)
   tx = optim.make_optimizer(config.optimizer, schedule)
+  spec = preprocess.InputSpec.from_config(config.input)
   variables = train.init_variables(model, jax.random.PRNGKey(0),
-                                   (1, t, h, w, 3))
+                                   preprocess.dummy_inputs(spec))
   state = train.create_train_state(variables, tx, jax.random.PRNGKey(1))
   sharding = train.state_sharding_like(state, mesh)
   state = jax.device_put(state, sharding)
-  step_fn = train.jit_train_step(mesh, sharding, model=model, tx=tx,
-                                 losses=config.losses.to_dict(),
-                                 schedule=schedule)
+  step_fn = train.jit_train_step(
+      mesh, sharding, model=model, tx=tx,
+      losses=losses_lib.resolve(config.losses.to_dict()), schedule=schedule,
+      input_spec=spec)
   rng = np.random.default_rng(0)
   local = {"clips": rng.integers(0, 256, (batch, t, h, w, 3), np.uint8),
            "mask": np.ones((batch, t), bool),
@@ -62,15 +66,18 @@ def measure(config, dtype: str, batch: int, steps: int, num_classes: int):
   jax.block_until_ready(m)
   train_fps = steps * batch * t / (time.perf_counter() - t0)
 
+  embed = models.embed_fn(model)
+
   @jax.jit
-  def infer(v, clips, mask):
-    return model.apply(v, augment.normalize(clips), mask, train=False)[0]
+  def infer(v, batch):
+    return embed(v, preprocess.preprocess(batch, spec))
 
   v = state.variables()
-  jax.block_until_ready(infer(v, data["clips"], data["mask"]))
+  eval_batch = {"clips": data["clips"], "mask": data["mask"]}
+  jax.block_until_ready(infer(v, eval_batch))
   t0 = time.perf_counter()
   for _ in range(steps):
-    out = infer(v, data["clips"], data["mask"])
+    out = infer(v, eval_batch)
   jax.block_until_ready(out)
   infer_fps = steps * batch * t / (time.perf_counter() - t0)
   return compile_s, train_fps, infer_fps

@@ -8,6 +8,39 @@ field exists here, so the config is locked and a typo on the command line
 import ml_collections
 
 
+def reid_eval(**overrides) -> ml_collections.ConfigDict:
+  """A re-id evaluator (`vreid_jax.evaluators.reid`) with its defaults."""
+  c = ml_collections.ConfigDict(dict(
+      type="reid",
+      every_steps=0,            # 0 = only at the end of training.
+      # The dataset to evaluate on; name '' = the training dataset. Another
+      # name is cross-dataset evaluation with that dataset's own protocol.
+      dataset=dict(name="", config="", trial=-1, auto_build=False),
+      mode="dense",             # all | dense | every_frame | evenly
+      clip_len=8,
+      batch_size=32,            # clips per global eval batch
+      max_frames_per_device=1024,  # frames one device embeds per call
+      protocol="given",         # given | standard | with_queries | matlab
+      metric="euclidean",       # euclidean | sqeuclidean | cosine
+      normalize=False,
+      ap="step",                # step | trapezoid
+      max_rank=20,
+      rerank=False,             # also report k-reciprocal re-ranking
+      save_features=False,      # write query/gallery_features.npz
+      plots=True,               # cmc.png, ranked_list_<i>.png in the workdir
+      plot_queries=4,           # queries drawn as ranked lists
+      plot_top_k=8,
+  ))
+  c.update(overrides)
+  return c
+
+
+def motion_twins_eval(source: str = "reid") -> ml_collections.ConfigDict:
+  """The synthetic benchmark's motion-twin metrics over evaluator `source`."""
+  return ml_collections.ConfigDict(dict(
+      type="motion_twins", source=source, every_steps=0))
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -21,9 +54,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ""
 
   # The model: vreid_jax.models.<model_name>.Model(num_classes=..., **model).
+  # frame_dim is d, the per-frame feature size after the reduction layer
+  # (0 = the backbone's pooled feature).
   c.model_name = "baseline"
   c.model = ml_collections.ConfigDict(dict(
-      arch="resnet50", width=64, last_stride=1, embed_dim=0,
+      arch="resnet50", width=64, last_stride=1, frame_dim=0,
       neck_feat="after", dtype="float32"))
 
   # The dataset: a TFDS builder of vreid_jax.datasets.
@@ -33,11 +68,6 @@ def get_config() -> ml_collections.ConfigDict:
       trial=-1,           # iLIDS-VID / PRID-2011 / SDU-VID: trial 0..9.
       auto_build=False,   # Build procedurally generated datasets if missing.
   ))
-
-  # Cross-dataset evaluation (train on `dataset`, test on this one with its
-  # own protocol); name '' = evaluate on `dataset`.
-  c.eval_dataset = ml_collections.ConfigDict(dict(
-      name="", config="", trial=-1, auto_build=False))
 
   # Training input: PK batches of clips.
   c.input = ml_collections.ConfigDict(dict(
@@ -50,42 +80,35 @@ def get_config() -> ml_collections.ConfigDict:
       flip_prob=0.5, pad=10, erasing_prob=0.5,
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
       with_flow=False,              # also serve "flow" (data_prep/flow.py)
+      flow_scale=0.05,              # flow pixels x this (+-20 px -> +-1)
       num_workers=0,                # grain worker processes (0 = threads)
       num_threads=2,
   ))
 
+  # Named loss instances (vreid_jax/losses.py): type defaults to the name;
+  # `inputs` maps a loss argument to an aux key of the model.
   c.losses = ml_collections.ConfigDict({
       "softmax_cross_entropy": {"weight": 1.0, "label_smoothing": 0.1},
       "batch_hard_triplet": {"weight": 1.0, "margin": 0.3},
   })
+  # param_groups: {name: {pattern: regex over "backbone/conv1/kernel"-style
+  # paths, lr_mult: float (0 = frozen), weight_decay: optional}}.
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", weight_decay=5e-4, grad_clip_norm=0.0))
+      name="adam", weight_decay=5e-4, grad_clip_norm=0.0,
+      param_groups=ml_collections.ConfigDict()))
   c.schedule = ml_collections.ConfigDict(dict(
       name="step", base_lr=3.5e-4, warmup_epochs=10.0,
       decay_epochs=(40.0, 70.0), decay_factor=0.1))
 
-  c.eval = ml_collections.ConfigDict(dict(
-      every_steps=0,            # 0 = only at the end.
-      mode="dense",             # all | dense | every_frame | evenly
-      clip_len=8,
-      batch_size=32,            # clips per eval batch
-      max_frames_per_batch=1024,
-      protocol="given",         # given | standard | with_queries | matlab
-      metric="euclidean",       # euclidean | sqeuclidean | cosine
-      normalize=False,
-      ap="step",                # step | trapezoid
-      max_rank=20,
-      rerank=False,             # also report k-reciprocal re-ranking
-      save_features=False,      # write query/gallery_features.npz
-      plots=True,               # cmc.png, ranked_list_<i>.png in the workdir
-      plot_queries=4,           # queries drawn as ranked lists
-      plot_top_k=8,
-  ))
+  # Named evaluators (vreid_jax/evaluators/); main_eval's results are the
+  # run's headline metrics (top level of metrics.json).
+  c.evals = ml_collections.ConfigDict({"reid": reid_eval()})
+  c.main_eval = "reid"
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
   c.init_from = ml_collections.ConfigDict(dict(
       checkpoint="",            # a stage-1 workdir / checkpoint dir
-      backbone_weights="",      # ImageNet ResNet .pth/.safetensors/.npz
+      backbone_weights="",      # pretrained weights, read by the model's load
   ))
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False, coordinator_address="", num_processes=-1,

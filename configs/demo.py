@@ -4,15 +4,21 @@ r"""The embedded demo: a small temporal model on the synthetic benchmark.
 
 Builds `synthetic_video_reid/small` on first use (seconds), trains a narrow
 ResNet-18 with temporal average pooling on 64x32 clips and evaluates on the
-synthetic query/gallery. On a 2-core CPU it finishes in under 5 minutes and
+synthetic query/gallery (re-id metrics, then the motion-twin metrics on the
+same embeddings). On a 2-core CPU it finishes in under 5 minutes and
 reaches mAP >= 0.6 (README: expected output).
+
+Variants: '' (the demo) and the flag `tiny` (seconds; used by the tests).
 """
 
 from configs import common
+from vreid_jax import config_utils
+
+VARIANTS = config_utils.Variants(flags=("tiny",))
 
 
 def get_config(arg=None):
-  """Variants: '' (the demo) and 'tiny' (seconds; used by the tests)."""
+  v = VARIANTS.parse(arg, where="configs/demo.py")
   c = common.get_config()
   c.seed = 0
   c.num_steps = 300
@@ -22,7 +28,7 @@ def get_config(arg=None):
   c.model.arch = "resnet18"
   c.model.width = 16
   c.model.last_stride = 1
-  c.model.embed_dim = 128
+  c.model.frame_dim = 128
   c.dataset.name = "synthetic_video_reid"
   c.dataset.config = "small"
   c.dataset.auto_build = True
@@ -37,25 +43,24 @@ def get_config(arg=None):
   c.schedule.warmup_epochs = 0.0
   c.schedule.name = "cosine"
   del c.schedule["decay_epochs"], c.schedule["decay_factor"]
-  c.eval.mode = "dense"
-  c.eval.clip_len = 8
-  c.eval.batch_size = 64
+  c.evals.reid.mode = "dense"
+  c.evals.reid.clip_len = 8
+  c.evals.reid.batch_size = 64
+  c.evals.motion_twins = common.motion_twins_eval("reid")
   c.checkpoint.every_steps = 100
-  if arg == "tiny":
+  if v.tiny:
     c.dataset.config = "tiny"
     c.num_steps = 4
     c.log_every_steps = 2
     c.model.width = 4
-    c.model.embed_dim = 16
+    c.model.frame_dim = 16
     c.input.height, c.input.width = 16, 8
     c.input.clip_len = 2
     c.input.num_ids_per_batch = 4
     c.input.num_per_id = 2
     c.input.pad = 1
-    c.eval.clip_len = 4
-    c.eval.batch_size = 16
+    c.evals.reid.clip_len = 4
+    c.evals.reid.batch_size = 16
     c.checkpoint.every_steps = 2
-    c.eval.plots = False
-  elif arg:
-    raise ValueError(f"configs/demo.py has variants '' and 'tiny', not {arg!r}")
+    c.evals.reid.plots = False
   return c

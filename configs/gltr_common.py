@@ -22,19 +22,21 @@ BN-neck head (a BatchNorm before the classifier) of our models.
 The authors' public code differs in DTP: rates 1, 2, 3 plus an identity
 branch -> `--config.model.rates=(1,2,3) --config.model.identity_branch=True`.
 
-Variants after the colon: `stage1`, `stage2` (default), `runlocal` (stage 2
-with tiny sizes: minutes on a laptop CPU, same code path) and
-`stage1_runlocal`.
+Variants after the colon: the rows `stage2` (default) and `stage1`, and the
+flag `runlocal` (tiny sizes: minutes on a laptop CPU, same code path), e.g.
+`configs/gltr_mars.py:stage1,runlocal`.
 """
 
 import ml_collections
 
 from configs import common
+from vreid_jax import config_utils
 
-VARIANTS = ("stage1", "stage2", "runlocal", "stage1_runlocal")
+VARIANTS = config_utils.Variants(rows=("stage2", "stage1"),
+                                 flags=("runlocal",))
 
 
-def get_config(dataset: str, variant: str | None, *,
+def gltr_config(dataset: str, variant: str | None, *,
                frames_per_tracklet: int, trial: int = -1,
                protocol: str = "given", ap: str = "trapezoid",
                dataset_config: str = "") -> ml_collections.ConfigDict:
@@ -42,25 +44,22 @@ def get_config(dataset: str, variant: str | None, *,
 
   Args:
     dataset: TFDS name.
-    variant: one of VARIANTS (None or '' = stage2).
+    variant: what follows the colon (`VARIANTS`; '' = stage2).
     frames_per_tracklet: the training set's mean tracklet length (frames per
       tracklet), used as stage 1's epoch_repeats.
     trial: the default trial of 10-trial datasets (-1 otherwise).
-    protocol: config.eval.protocol.
-    ap: config.eval.ap.
+    protocol: config.evals.reid.protocol.
+    ap: config.evals.reid.ap.
     dataset_config: TFDS builder config name.
   """
-  variant = variant or "stage2"
-  if variant not in VARIANTS:
-    raise ValueError(f"GLTR configs have variants {VARIANTS}, not "
-                     f"{variant!r}")
+  v = VARIANTS.parse(variant, where=f"GLTR config of {dataset}")
   c = common.get_config()
   c.dataset.name = dataset
   c.dataset.config = dataset_config
   c.dataset.trial = trial
   c.model_name = "gltr"
   c.model = ml_collections.ConfigDict(dict(
-      arch="resnet50", width=64, last_stride=1, embed_dim=128,
+      arch="resnet50", width=64, last_stride=1, frame_dim=128,
       reduction_relu=True, temporal="gltr", num_branches=3, rates=None,
       kernel_size=3, identity_branch=False, alpha=2,
       attention_norm="softmax", neck_feat="after", dtype="float32"))
@@ -79,22 +78,23 @@ def get_config(dataset: str, variant: str | None, *,
   c.schedule = ml_collections.ConfigDict(dict(
       name="step", base_lr=0.01, warmup_epochs=0.0, decay_epochs=(120.0,),
       decay_factor=0.1))
-  c.eval.protocol = protocol
-  c.eval.ap = ap
-  c.eval.metric = "euclidean"
-  c.eval.mode = "all"
-  c.eval.clip_len = 16
-  c.eval.batch_size = 16
-  c.eval.max_frames_per_batch = 512
-  c.eval.rerank = True
+  ev = c.evals.reid
+  ev.protocol = protocol
+  ev.ap = ap
+  ev.metric = "euclidean"
+  ev.mode = "all"
+  ev.clip_len = 16
+  ev.batch_size = 16
+  ev.max_frames_per_device = 512
+  ev.rerank = True
   c.checkpoint.every_steps = 2000
   c.log_every_steps = 100
 
-  if variant.startswith("stage1"):
+  if v.row == "stage1":
     # The 2D CNN on single frames: GLTR's frame model, T = 1.
     c.model_name = "baseline"
     c.model = ml_collections.ConfigDict(dict(
-        arch="resnet50", width=64, last_stride=1, embed_dim=128,
+        arch="resnet50", width=64, last_stride=1, frame_dim=128,
         reduction_relu=True, neck_feat="after", dtype="float32"))
     c.input.clip_len = 1
     c.input.num_ids_per_batch = 32
@@ -102,8 +102,8 @@ def get_config(dataset: str, variant: str | None, *,
     c.input.epoch_repeats = frames_per_tracklet
     c.num_epochs = 20.0
     c.schedule.decay_epochs = (10.0,)
-    c.eval.mode = "dense"
-    c.eval.clip_len = 16
+    ev.mode = "dense"
+    ev.clip_len = 16
   else:
     c.input.clip_len = 16
     c.input.num_ids_per_batch = 10
@@ -111,23 +111,23 @@ def get_config(dataset: str, variant: str | None, *,
     c.num_epochs = 400.0
     c.schedule.decay_epochs = (120.0,)
 
-  if variant.endswith("runlocal"):
+  if v.runlocal:
     c.num_epochs = -1.0
     c.num_steps = 20
     c.log_every_steps = 5
     c.model.arch = "resnet18"
     c.model.width = 8
-    c.model.embed_dim = 32
+    c.model.frame_dim = 32
     c.input.height, c.input.width = 64, 32
     # P = 2 so that small (e.g. fake) trees with few identities work.
     c.input.num_ids_per_batch = 2
     c.input.num_per_id = 2
     c.input.epoch_repeats = 1
-    if variant == "runlocal":
+    if v.row == "stage2":
       c.input.clip_len = 4
-    c.eval.clip_len = 4
-    c.eval.batch_size = 8
-    c.eval.max_frames_per_batch = 256
-    c.eval.rerank = False
+    ev.clip_len = 4
+    ev.batch_size = 8
+    ev.max_frames_per_device = 256
+    ev.rerank = False
     c.checkpoint.every_steps = 10
   return c

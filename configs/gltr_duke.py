@@ -16,9 +16,11 @@ trapezoid AP as the authors' MATLAB-style evaluation.
 
 from configs import gltr_common
 
+VARIANTS = gltr_common.VARIANTS
+
 
 def get_config(arg=None):
   # About 369,656 training frames / 2,196 tracklets.
-  return gltr_common.get_config("duke_video_reid", arg,
+  return gltr_common.gltr_config("duke_video_reid", arg,
                                 frames_per_tracklet=168, protocol="given",
                                 ap="trapezoid")

@@ -21,8 +21,10 @@ Paper (Tables 2 and 6, rank-1/rank-5 only): R1 86.00, R5 98.00.
 
 from configs import gltr_common
 
+VARIANTS = gltr_common.VARIANTS
+
 
 def get_config(arg=None):
   # 300 ids x 2 cameras, 23-192 frames per tracklet (~73 on average).
-  return gltr_common.get_config("ilids_vid", arg, frames_per_tracklet=73,
+  return gltr_common.gltr_config("ilids_vid", arg, frames_per_tracklet=73,
                                 trial=0, protocol="given", ap="trapezoid")

@@ -16,8 +16,10 @@ test tracklets, trapezoid AP.
 
 from configs import gltr_common
 
+VARIANTS = gltr_common.VARIANTS
+
 
 def get_config(arg=None):
   # About 2.98M frames / 14,943 tracklets overall (~200 per tracklet).
-  return gltr_common.get_config("ls_vid", arg, frames_per_tracklet=200,
+  return gltr_common.gltr_config("ls_vid", arg, frames_per_tracklet=200,
                                 protocol="given", ap="trapezoid")

@@ -16,16 +16,19 @@ Build MARS once (data_prep/README.md), then:
 
 Paper (Tables 2 and 5; official MATLAB evaluation, trapezoid AP):
   mAP 78.47, R1 87.02, R5 95.76, R20 98.23; with re-ranking mAP 85.54.
-Protocol here: `eval.protocol=matlab` (all 12,180 test tracklets, junk =
-pid -1 and same pid & camera) with `eval.ap=trapezoid`, as the official code;
-`--config.eval.protocol=standard --config.eval.ap=step` gives the torchreid
+Protocol here: `evals.reid.protocol=matlab` (all 12,180 test tracklets,
+junk = pid -1 and same pid & camera) with `evals.reid.ap=trapezoid`, as the
+official code; `--config.evals.reid.protocol=standard
+--config.evals.reid.ap=step` gives the torchreid
 protocol (9,330 gallery). Re-ranked numbers are in metrics.json "reranked".
 """
 
 from configs import gltr_common
 
+VARIANTS = gltr_common.VARIANTS
+
 
 def get_config(arg=None):
   # 509,914 training frames / 8,298 tracklets.
-  return gltr_common.get_config("mars", arg, frames_per_tracklet=61,
+  return gltr_common.gltr_config("mars", arg, frames_per_tracklet=61,
                                 protocol="matlab", ap="trapezoid")

@@ -22,8 +22,10 @@ Paper (Tables 2 and 6, rank-1/rank-5 only): R1 95.50, R5 100.00.
 
 from configs import gltr_common
 
+VARIANTS = gltr_common.VARIANTS
+
 
 def get_config(arg=None):
   # 178 ids x 2 cameras, 25-675 frames per tracklet (~100 on average).
-  return gltr_common.get_config("prid2011", arg, frames_per_tracklet=100,
+  return gltr_common.gltr_config("prid2011", arg, frames_per_tracklet=100,
                                 trial=0, protocol="given", ap="trapezoid")

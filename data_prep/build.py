@@ -22,15 +22,14 @@ import textwrap
 import time
 from collections.abc import Sequence
 
-DATASETS = ("mars", "duke_video_reid", "ilids_vid", "prid2011", "ls_vid",
-            "sdu_vid", "synthetic_video_reid")
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None,
+           datasets: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       description="Build a vreid_jax TFDS dataset (array_record files).")
-  parser.add_argument("--dataset", required=True, choices=DATASETS,
+  parser.add_argument("--dataset", required=True, choices=datasets,
                       help="registered builder name")
   parser.add_argument("--manual_dir", default=None,
                       help="where the official download is unpacked (every "
@@ -84,11 +83,11 @@ def split_summary(info) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the build; returns the exit status."""
-  args = _parse(argv)
   _import_package()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import vreid_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import
+  import vreid_jax.datasets  # pylint: disable=g-import-not-at-top
   from vreid_jax.datasets import base  # pylint: disable=g-import-not-at-top
+  args = _parse(argv, vreid_jax.datasets.NAMES)
 
   data_dir = os.path.expanduser(
       args.data_dir or os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR)

@@ -6,16 +6,19 @@ XLA_FLAGS must be set before JAX initialises its backends.
 import os
 import pathlib
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Repeated compiles of the same tiny programs (several runs per test file,
-# subprocess runs) hit the persistent cache instead of XLA.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(os.path.expanduser("~"), ".cache",
-                                   "vreid_jax_test_xla"))
+# subprocess runs) hit the persistent cache instead of XLA. It lives in the
+# temporary directory (never the user's home); .ci/run sets its own.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(),
+                 f"vreid_jax_test_xla_{getattr(os, 'getuid', lambda: 0)()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

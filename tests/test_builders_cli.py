@@ -83,3 +83,21 @@ def test_prints_trials_for_trial_datasets(tmp_path, capsys):
                      f"--data_dir={tmp_path / 'data'}"]) == 0
   out = capsys.readouterr().out
   assert "tracklets" in out and "10 trials of 4 train / 4 test ids" in out
+
+
+def test_dataset_names_listed_once_match_the_registered_builders():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import vreid_jax.datasets  # pylint: disable=g-import-not-at-top
+  registered = set(tfds.list_builders(with_community_datasets=False))
+  assert set(vreid_jax.datasets.NAMES) <= registered
+  from vreid_jax.datasets import base  # pylint: disable=g-import-not-at-top
+  ours = {cls.name for cls in _subclasses(tfds.core.GeneratorBasedBuilder)
+          if cls.__module__.startswith("vreid_jax.datasets.")
+          and cls.__module__ != base.__name__}
+  assert ours == set(vreid_jax.datasets.NAMES)
+
+
+def _subclasses(cls):
+  for sub in cls.__subclasses__():
+    yield sub
+    yield from _subclasses(sub)

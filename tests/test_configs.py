@@ -1,59 +1,100 @@
-"""Every config file loads, locks, and builds its model."""
+"""Every config file loads with every variant, locks, and builds its model.
+
+Configs are found by globbing configs/*.py; a file with a `get_config` is an
+experiment config and its `VARIANTS` (config_utils.Variants) say which
+args to try, so a new config file needs no edit here.
+"""
 
 import glob
 import os
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from vreid_jax import config_utils
-from vreid_jax import train
+from vreid_jax import losses as losses_lib
+from vreid_jax import models
+from vreid_jax.input_pipeline import preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HELPERS = {"__init__.py", "common.py", "gltr_common.py"}
-CONFIGS = sorted(os.path.basename(p) for p in glob.glob(
-    os.path.join(ROOT, "configs", "*.py")) if os.path.basename(p) not in
-                 HELPERS)
-VARIANTS = {"demo.py": ["", "tiny"]}
-DEFAULT_VARIANTS = ["", "stage1", "runlocal", "stage1_runlocal"]
+
+
+def _config_modules():
+  out = {}
+  for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
+    module = config_utils.load_config_module(path)
+    if hasattr(module, "get_config") and hasattr(module, "VARIANTS"):
+      out[os.path.basename(path)] = module
+  return out
+
+
+MODULES = _config_modules()
 
 
 def _cases():
-  for name in CONFIGS:
-    for variant in VARIANTS.get(name, DEFAULT_VARIANTS):
-      yield name, variant
+  for name, module in MODULES.items():
+    for arg in module.VARIANTS.examples():
+      yield name, arg
 
 
 def test_there_are_configs():
-  assert "demo.py" in CONFIGS
-  for name in ("gltr_mars.py", "gltr_duke.py", "gltr_lsvid.py",
+  for name in ("demo.py", "gltr_mars.py", "gltr_duke.py", "gltr_lsvid.py",
                "gltr_prid.py", "gltr_ilids.py"):
-    assert name in CONFIGS
+    assert name in MODULES
+  # Every file with a get_config declares its variants.
+  for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
+    module = config_utils.load_config_module(path)
+    if hasattr(module, "get_config") and os.path.basename(path) != (
+        "common.py"):
+      assert isinstance(getattr(module, "VARIANTS", None),
+                        config_utils.Variants), path
 
 
-@pytest.mark.parametrize("name,variant", list(_cases()))
-def test_config_loads_and_builds_model(name, variant):
-  path = os.path.join(ROOT, "configs", name) + (f":{variant}" if variant
-                                                 else "")
+@pytest.mark.parametrize("name,arg", list(_cases()))
+def test_config_loads_and_builds_model(name, arg):
+  path = os.path.join(ROOT, "configs", name) + (f":{arg}" if arg else "")
   config = config_utils.load_config(path)
   config_utils.check_config(config)
   with pytest.raises(AttributeError):
     config.no_such_field = 1  # Locked: a typo fails.
-  model = train.build_model(config, num_classes=7)
-  shape = (2, config.input.clip_len, config.input.height, config.input.width,
-           3)
+  model = models.build_model(config.model_name, 7, config.model)
+  spec = preprocess.InputSpec.from_config(config.input)
+  preprocess.check_model_inputs(models.input_keys(model), spec,
+                                config.model_name)
+  inputs = jax.eval_shape(lambda: preprocess.dummy_inputs(spec, 2))
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape),
-                         jnp.ones(shape[:2], bool), train=False))
-  out = jax.eval_shape(
-      lambda v: model.apply(v, jnp.zeros(shape), jnp.ones(shape[:2], bool),
-                            train=False), variables)
-  embedding, aux = out
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), inputs)
+  embedding, aux = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False), variables, inputs)
   assert embedding.shape[0] == 2 and embedding.ndim == 2
   assert aux["logits"].shape == (2, 7)
+  # Every loss finds its inputs.
+  losses_lib.check_sources(losses_lib.resolve(config.losses.to_dict()),
+                           aux.keys(), ("labels", "pids", "camids"))
+  assert config.main_eval in config.evals
 
 
 def test_bad_variant_is_named():
-  with pytest.raises(ValueError, match="variants"):
+  with pytest.raises(ValueError, match="unknown variant 'x'.*rows stage2, "
+                     "stage1; flags runlocal"):
     config_utils.load_config(os.path.join(ROOT, "configs", "gltr_mars.py:x"))
+
+
+def test_variants_parser():
+  v = config_utils.Variants(rows=("ta", "tp_avg"), flags=("runlocal",),
+                            trial=-1, lr=0.1)
+  got = v.parse("tp_avg,runlocal,trial=3")
+  assert (got.row, got.runlocal, got.trial, got.lr) == ("tp_avg", True, 3,
+                                                        0.1)
+  got = v.parse(None)
+  assert (got.row, got.runlocal, got.trial) == ("ta", False, -1)
+  with pytest.raises(ValueError, match="two rows"):
+    v.parse("ta,tp_avg")
+  with pytest.raises(ValueError, match="trial: expected a int"):
+    v.parse("trial=x")
+  with pytest.raises(ValueError, match="unknown argument 'lrr'"):
+    v.parse("lrr=1")
+  assert list(v.examples()) == ["", "ta", "tp_avg", "runlocal",
+                                "tp_avg,runlocal"]
+  with pytest.raises(ValueError, match="used twice"):
+    config_utils.Variants(rows=("runlocal",))

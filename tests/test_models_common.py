@@ -60,3 +60,32 @@ def test_check_shape_and_frame_mask():
   assert m.shape == (2, 3) and m.dtype == jnp.bool_ and bool(m.all())
   with pytest.raises(ValueError, match="mask"):
     common.frame_mask(jnp.ones((2, 4), bool), 2, 3)
+
+
+def test_pack_frames_and_temporal_conv_input_any_mask():
+  mask = np.array([[0, 1, 0, 1, 1], [1, 1, 1, 0, 0]], bool)
+  x = np.arange(10, dtype=np.float32).reshape(2, 5, 1) + 1
+  order, inverse = common.pack_frames(jnp.asarray(mask))
+  np.testing.assert_array_equal(order[0, :3], [1, 3, 4])  # Real, in order.
+  np.testing.assert_array_equal(order[1], [0, 1, 2, 3, 4])  # Identity.
+  packed, inv = common.temporal_conv_input(jnp.asarray(x), jnp.asarray(mask))
+  np.testing.assert_array_equal(packed[0, :, 0], [2, 4, 5, 0, 0])
+  np.testing.assert_array_equal(packed[1, :, 0], [6, 7, 8, 0, 0])
+  # Unpacking restores every real frame's position.
+  back = common.gather_frames(packed, inv)
+  np.testing.assert_array_equal(np.where(mask[..., None], back, -1),
+                                np.where(mask[..., None], x, -1))
+  np.testing.assert_array_equal(inv, inverse)
+
+
+def test_read_inputs_checks_keys_and_shapes():
+  clips = jnp.zeros((2, 3, 8, 4, 3))
+  got = common.read_inputs({"clips": clips}, "m")
+  assert got[1] is None and got[2] is None
+  with pytest.raises(ValueError, match=r"m: inputs\['mask'\] \(B, T\)"):
+    common.read_inputs({"clips": clips, "mask": jnp.ones((2, 4), bool)}, "m")
+  with pytest.raises(ValueError, match=r"inputs\['flow'\]"):
+    common.read_inputs({"clips": clips, "flow": jnp.zeros((2, 3, 8, 4, 3))},
+                       "m", flow=True)
+  with pytest.raises(ValueError, match="no 'clips'"):
+    common.read_inputs({"mask": jnp.ones((2, 3), bool)}, "m")

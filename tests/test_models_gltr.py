@@ -14,6 +14,7 @@ import pytest
 from vreid_jax.models import baseline
 from vreid_jax.models import common
 from vreid_jax.models import gltr
+from vreid_jax.models import temporal
 
 EPS = 1e-5
 
@@ -133,7 +134,7 @@ def test_dtp_matches_eq_5_6(kwargs, branches, identity):
     assert params[name]["kernel"].shape == (width, 4, 4)
     assert "bias" not in params[name]
   branches = [(name, r) for name, r, _ in branches]
-  apply = jax.jit(module.apply)
+  apply = jax.jit(lambda v, x, m=None: module.apply(v, x, m)[0])
   got = apply(variables, jnp.asarray(x))
   want = np_dtp(x, params, branches, identity)
   assert got.shape == (2, 7, 4 * (len(branches) + identity))
@@ -145,6 +146,19 @@ def test_dtp_matches_eq_5_6(kwargs, branches, identity):
   xp, mask = padded(x, 11)
   got_p = apply(variables, jnp.asarray(xp), jnp.asarray(mask))
   np.testing.assert_allclose(got_p[:, :7], got, rtol=1e-5, atol=1e-5)
+
+  # Wherever the mask puts the padding (first, in the middle): each real
+  # frame's output is that of the unpadded tracklet.
+  rng = np.random.default_rng(5)
+  positions = [np.sort(rng.choice(11, 7, replace=False)) for _ in range(2)]
+  xs = 100 * rng.normal(size=(2, 11, 4)).astype(np.float32)
+  mask = np.zeros((2, 11), bool)
+  for b, pos in enumerate(positions):
+    xs[b, pos] = x[b]
+    mask[b, pos] = True
+  got_s = apply(variables, jnp.asarray(xs), jnp.asarray(mask))
+  for b, pos in enumerate(positions):
+    np.testing.assert_allclose(got_s[b, pos], got[b], rtol=1e-5, atol=1e-5)
 
 
 def test_dtp_default_rates_are_powers_of_two():
@@ -159,7 +173,8 @@ def test_tsa_starts_as_identity():
   x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(np.float32)
   module = gltr.TSA()
   init = jax.jit(functools.partial(module.init_with_output, train=False))
-  (out, attn), variables = init(jax.random.key(0), jnp.asarray(x))
+  (out, extra), variables = init(jax.random.key(0), jnp.asarray(x))
+  attn = extra["attention"]
   p = variables["params"]
   assert set(p) == {"conv_b", "bn_b", "conv_c", "bn_c", "conv_f", "conv_w"}
   assert p["conv_b"]["kernel"].shape == (8, 4)  # N d / alpha, alpha = 2.
@@ -175,7 +190,8 @@ def test_tsa_matches_eq_7(normalization):
   module = gltr.TSA(normalization=normalization)
   # Random everything, including W != 0 and the BN running statistics.
   variables = common.random_variables(module, x, train=False, seed=3)
-  apply = jax.jit(functools.partial(module.apply, train=False))
+  apply = jax.jit(lambda v, x, m=None: (lambda o: (o[0], o[1]["attention"]))(
+      module.apply(v, x, m, train=False)))
   out, attn = apply(variables, jnp.asarray(x))
   want_out, want_attn = np_tsa(x, variables, normalization)
   assert attn.shape == (2, 5, 5) and attn.dtype == jnp.float32
@@ -214,7 +230,7 @@ def test_temporal_pyramid_pool():
   lengths = [9, 6, 3, 1]
   mask = np.arange(9)[None, :] < np.array(lengths)[:, None]
   x_nan = np.where(mask[..., None], x, np.nan)  # Padding is never read.
-  tpp = jax.jit(gltr.temporal_pyramid_pool, static_argnums=2)
+  tpp = jax.jit(temporal.temporal_pyramid_pool, static_argnums=2)
   got = tpp(jnp.asarray(x_nan), jnp.asarray(mask), (1, 2, 4))
   assert got.shape == (4, 3 * 7)
   np.testing.assert_allclose(got, np_tpp(x, lengths, (1, 2, 4)), rtol=1e-5,
@@ -223,8 +239,8 @@ def test_temporal_pyramid_pool():
 
 # ----------------------------------------------------------------- model
 
-TINY = dict(arch="resnet18", width=4, embed_dim=8)
-CLIPS = jax.ShapeDtypeStruct((2, 4, 32, 16, 3), jnp.float32)
+TINY = dict(arch="resnet18", width=4, frame_dim=8)
+CLIPS = {"clips": jax.ShapeDtypeStruct((2, 4, 32, 16, 3), jnp.float32)}
 
 
 @pytest.mark.parametrize("temporal,dim,aux_keys,modules", [
@@ -278,8 +294,8 @@ def test_bad_temporal_is_a_clear_error():
 
 def test_stage_one_frame_model_matches_stage_two_subtrees():
   frame_model = baseline.Model(num_classes=5, arch="resnet18", width=4,
-                               embed_dim=8, reduction_relu=True)
-  single = jax.ShapeDtypeStruct((2, 1, 32, 16, 3), jnp.float32)
+                               frame_dim=8, reduction_relu=True)
+  single = {"clips": jax.ShapeDtypeStruct((2, 1, 32, 16, 3), jnp.float32)}
   stage1 = jax.eval_shape(
       lambda x: frame_model.init(jax.random.key(0), x, train=False), single)
   stage2 = jax.eval_shape(
@@ -298,12 +314,13 @@ def test_padding_does_not_change_the_embedding():
   model = gltr.Model(num_classes=5, **TINY)
   rng = np.random.default_rng(0)
   clips = rng.normal(size=(2, 4, 32, 16, 3)).astype(np.float32)
-  variables = common.random_variables(model, clips, train=False)
+  variables = common.random_variables(model, {"clips": clips}, train=False)
 
   @jax.jit
   def run(clips, mask):
-    eval_out = model.apply(variables, clips, mask, train=False)
-    train_out, stats = model.apply(variables, clips, mask, train=True,
+    inputs = {"clips": clips, "mask": mask}
+    eval_out = model.apply(variables, inputs, train=False)
+    train_out, stats = model.apply(variables, inputs, train=True,
                                    mutable=["batch_stats"])
     return eval_out, train_out, stats
 
@@ -325,10 +342,11 @@ def test_bfloat16_compute_returns_float32():
   model = gltr.Model(num_classes=5, dtype="bfloat16", **TINY)
   clips = np.random.default_rng(0).normal(size=(2, 4, 32, 16, 3))
   mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
-  variables = common.random_variables(model, clips.astype(np.float32),
-                                      train=False)
+  variables = common.random_variables(
+      model, {"clips": clips.astype(np.float32)}, train=False)
   emb, aux = jax.jit(functools.partial(model.apply, train=False))(
-      variables, jnp.asarray(clips, jnp.float32), jnp.asarray(mask))
+      variables, {"clips": jnp.asarray(clips, jnp.float32),
+                  "mask": jnp.asarray(mask)})
   assert emb.dtype == jnp.float32 and emb.shape == (2, 24)
   for key, value in aux.items():
     assert value.dtype == jnp.float32, key

@@ -2,7 +2,7 @@
 
 A random state dict with torchvision's key names and layouts (OIHW convs,
 BN weight/bias/running_mean/running_var, fc, num_batches_tracked) is built in
-NumPy, imported with `weights.merge_backbone`, and the Flax model in eval mode
+NumPy, imported with `resnet.load_torchvision`, and the Flax model in eval mode
 is compared with a NumPy implementation of torchvision's forward pass that
 reads the state dict directly.
 """
@@ -18,7 +18,6 @@ import pytest
 from vreid_jax.models import baseline
 from vreid_jax.models import common
 from vreid_jax.models import resnet
-from vreid_jax.models import weights
 
 EPS = 1e-5
 
@@ -162,11 +161,11 @@ def test_imported_resnet_matches_numpy_forward(arch, last_stride):
 
   # The frame model with T=1: backbone + global average pooling.
   model = baseline.Model(num_classes=0, arch=arch, width=width,
-                         last_stride=last_stride, embed_dim=0)
-  clips = jnp.asarray(x)[:, None]
+                         last_stride=last_stride, frame_dim=0)
+  clips = {"clips": jnp.asarray(x)[:, None]}
   # Shapes only (no XLA RNG): every backbone leaf is replaced anyway.
   variables = common.random_variables(model, clips, train=False)
-  variables = weights.merge_backbone(variables, sd, arch=arch)
+  variables = resnet.load_torchvision(variables, sd, arch=arch)
   apply = jax.jit(functools.partial(model.apply, train=False,
                                     capture_intermediates=True,
                                     mutable=["intermediates"]))

@@ -11,9 +11,10 @@ import pytest
 from vreid_jax import import_weights
 from vreid_jax.models import baseline
 from vreid_jax.models import common
+from vreid_jax.models import resnet
 from vreid_jax.models import weights
 
-CLIPS = np.zeros((1, 1, 32, 16, 3), np.float32)
+CLIPS = {"clips": np.zeros((1, 1, 32, 16, 3), np.float32)}
 
 
 def resnet18_state_dict(width, seed=0):
@@ -84,7 +85,7 @@ def test_safetensors_reader_round_trip(tmp_path):
   path = tmp_path / "w.safetensors"
   write_safetensors(path, tensors)
   for got in (weights.read_safetensors(path),
-              weights.load_torchvision_resnet(path)):
+              weights.read_weights(path)):
     assert set(got) == set(tensors)
     for k, v in tensors.items():
       assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
@@ -105,16 +106,19 @@ def test_safetensors_reader_round_trip(tmp_path):
 def test_npz_reader_strips_dataparallel_prefix(tmp_path):
   sd = {"module.conv1.weight": np.ones((4, 3, 7, 7), np.float32)}
   np.savez(tmp_path / "w.npz", **sd)
-  got = weights.load_torchvision_resnet(tmp_path / "w.npz")
+  got = weights.read_weights(tmp_path / "w.npz")
   assert set(got) == {"conv1.weight"}
+  (tmp_path / "w.h5").write_bytes(b"")
   with pytest.raises(ValueError, match="unknown weight format"):
-    weights.load_torchvision_resnet(tmp_path / "w.h5")
+    weights.read_weights(tmp_path / "w.h5")
+  with pytest.raises(FileNotFoundError, match="no such weight file"):
+    weights.read_weights(tmp_path / "absent.pth")
 
 
 def test_merge_torchvision_state_dict():
   sd = resnet18_state_dict(4)
   variables = tiny_variables()
-  merged = weights.merge_backbone(variables, sd, arch="resnet18")
+  merged = resnet.load_torchvision(variables, sd, arch="resnet18")
   p, s = merged["params"]["backbone"], merged["batch_stats"]["backbone"]
   np.testing.assert_array_equal(p["conv1"]["kernel"],
                                 sd["conv1.weight"].transpose(2, 3, 1, 0))
@@ -145,17 +149,17 @@ def test_merge_reports_every_bad_key():
   del sd["layer1.1.bn2.running_var"]
   sd["layer1.0.conv3.weight"] = np.zeros((4, 4, 1, 1), np.float32)
   with pytest.raises(weights.WeightImportError) as e:
-    weights.merge_backbone(variables, sd, arch="resnet18")
+    resnet.load_torchvision(variables, sd, arch="resnet18")
   assert "missing (1): layer1.1.bn2.running_var" in str(e.value)
   assert "unexpected (1): layer1.0.conv3.weight" in str(e.value)
   # Wrong width: every leaf is named with both shapes.
   with pytest.raises(weights.WeightImportError,
                      match=r"params/conv1/kernel \(model \(7, 7, 3, 4\), "
                      r"file \(7, 7, 3, 8\)\)"):
-    weights.merge_backbone(variables, resnet18_state_dict(8), arch="resnet18")
+    resnet.load_torchvision(variables, resnet18_state_dict(8), arch="resnet18")
   # A resnet18 file is not a resnet50.
   with pytest.raises(weights.WeightImportError, match="conv3"):
-    weights.merge_backbone(variables, resnet18_state_dict(4), arch="resnet50")
+    resnet.load_torchvision(variables, resnet18_state_dict(4), arch="resnet50")
 
 
 def test_cli_converts_to_flax_npz(tmp_path, capsys):
@@ -171,15 +175,16 @@ def test_cli_converts_to_flax_npz(tmp_path, capsys):
   assert "batch_stats/bn1/mean" in keys
   assert not any("fc" in k or "num_batches" in k for k in keys)
   variables = tiny_variables()
-  from_npz = weights.merge_backbone(variables, out, arch="resnet18")
-  direct = weights.merge_backbone(variables, sd, arch="resnet18")
+  from_npz = resnet.load_torchvision(variables, out, arch="resnet18")
+  direct = resnet.load_torchvision(variables, sd, arch="resnet18")
   jax.tree.map(np.testing.assert_array_equal, from_npz, direct)
 
 
 def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # Import fails.
+  (tmp_path / "resnet18.pth").write_bytes(b"not read")
   with pytest.raises(ImportError, match="needs PyTorch"):
-    weights.load_torchvision_resnet(tmp_path / "resnet18.pth")
+    weights.read_weights(tmp_path / "resnet18.pth")
 
 
 def test_pth_reader(tmp_path):
@@ -187,11 +192,11 @@ def test_pth_reader(tmp_path):
   sd = resnet18_state_dict(4)
   path = tmp_path / "resnet18.pth"
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
-  got = weights.load_torchvision_resnet(path)
+  got = weights.read_weights(path)
   assert set(got) == set(sd)
   for k in sd:
     np.testing.assert_array_equal(got[k], sd[k])
-  merged = weights.merge_backbone(tiny_variables(), path, arch="resnet18")
+  merged = resnet.load_torchvision(tiny_variables(), path, arch="resnet18")
   np.testing.assert_array_equal(
       merged["params"]["backbone"]["conv1"]["kernel"],
       sd["conv1.weight"].transpose(2, 3, 1, 0))
@@ -227,7 +232,8 @@ def test_pth_reader_calls_torch_load_safely(tmp_path, monkeypatch):
                              "meta": "not a tensor"}}
 
   monkeypatch.setitem(sys.modules, "torch", FakeTorch)
-  got = weights.load_torchvision_resnet(tmp_path / "w.pth")
+  (tmp_path / "w.pth").write_bytes(b"not read")
+  got = weights.read_weights(tmp_path / "w.pth")
   assert calls == [(str(tmp_path / "w.pth"),
                     {"map_location": "cpu", "weights_only": True})]
   assert set(got) == {"conv1.weight"}
@@ -238,13 +244,13 @@ def test_pth_reader_calls_torch_load_safely(tmp_path, monkeypatch):
                                   "resnet101"])
 def test_torchvision_key_list_covers_the_flax_backbone(arch):
   """Every torchvision key maps to exactly one backbone leaf, and back."""
-  sd = {k: None for k in weights.torchvision_keys(arch)}
+  sd = {k: None for k in resnet.torchvision_keys(arch)}
   mapped = {}
   for key in sd:
-    collection, path = weights._flax_location(key)  # pylint: disable=protected-access
+    collection, path = resnet._flax_location(key)  # pylint: disable=protected-access
     mapped[f"{collection}/{'/'.join(path)}"] = key
   assert len(mapped) == len(sd)
-  shapes = weights.backbone_shapes(arch, 4)
+  shapes = resnet.backbone_shapes(arch, 4)
   flat = {f"{c}/{k}" for c in shapes for k in shapes[c]}
   assert set(mapped) == flat
   # torchvision's state dicts have 122 (resnet18) and 320 (resnet50) keys,
@@ -253,3 +259,29 @@ def test_torchvision_key_list_covers_the_flax_backbone(arch):
   expected = {"resnet18": 122 - 2 - 20, "resnet50": 320 - 2 - 53}
   if arch in expected:
     assert len(sd) == expected[arch]
+
+
+def test_model_load_initialises_a_flow_stem_from_rgb(tmp_path):
+  """The baseline's `load`: ImageNet into the backbone; a flow stem gets the
+  TSN cross-modality init (conv1 averaged over RGB, bn1 copied)."""
+  sd = resnet18_state_dict(4)
+  path = tmp_path / "resnet18.safetensors"
+  write_safetensors(path, sd)
+  model = baseline.Model(num_classes=3, arch="resnet18", width=4,
+                         use_flow=True)
+  inputs = dict(CLIPS, flow=np.zeros((1, 1, 32, 16, 2), np.float32))
+  variables = common.random_variables(model, inputs, train=False)
+  loaded = baseline.load(variables, str(path), {"arch": "resnet18"})
+  p = loaded["params"]["backbone"]
+  rgb = sd["conv1.weight"].transpose(2, 3, 1, 0)      # (7, 7, 3, 4)
+  np.testing.assert_array_equal(p["conv1"]["kernel"], rgb)
+  np.testing.assert_allclose(p["flow_conv1"]["kernel"],
+                             np.repeat(rgb.mean(2, keepdims=True), 2, axis=2),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(p["flow_bn1"]["scale"], sd["bn1.weight"])
+  np.testing.assert_array_equal(
+      loaded["batch_stats"]["backbone"]["flow_bn1"]["var"],
+      sd["bn1.running_var"])
+  # The head is not in ImageNet weights: untouched.
+  np.testing.assert_array_equal(loaded["params"]["head"]["bn"]["scale"],
+                                variables["params"]["head"]["bn"]["scale"])

@@ -116,3 +116,46 @@ def test_normalize_matches_numpy():
       augment.IMAGENET_STD)
   np.testing.assert_allclose(np.asarray(augment.normalize(x)), want,
                              rtol=1e-5, atol=1e-5)
+
+
+def test_eval_plan_caps_frames_per_device():
+  from vreid_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  lengths = [5, 9, 16, 16, 40, 70, 3]
+  for num_devices in (1, 8):
+    plan = pipeline.eval_batches_plan(lengths, "all", 4, batch_size=32,
+                                      max_frames_per_device=32,
+                                      num_devices=num_devices)
+    covered = sorted(it.position for b in plan for it in b.items
+                     if it.position >= 0)
+    assert covered == list(range(len(lengths)))
+    for b in plan:
+      assert len(b.items) % num_devices == 0
+      per_device = len(b.items) // num_devices
+      # Under the cap, except one whole tracklet longer than it.
+      assert per_device * b.clip_len <= max(32, b.clip_len), (b.clip_len,
+                                                               per_device)
+  # Without a cap: batch_size clips, rounded up to the devices.
+  plan = pipeline.eval_batches_plan([8] * 10, "dense", 4, batch_size=6,
+                                    num_devices=4)
+  assert [len(b.items) for b in plan] == [8, 8, 8]
+
+
+def test_preprocess_normalises_and_dequantises():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vreid_jax.input_pipeline import flow as flow_lib  # pylint: disable=g-import-not-at-top
+  from vreid_jax.input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
+  spec = preprocess.InputSpec(height=2, width=2, clip_len=1, mean=(0.5,) * 3,
+                              std=(0.25,) * 3, with_flow=True)
+  flow = flow_lib.quantize(np.full((1, 1, 2, 2, 2), [10.0, -20.0]))
+  batch = {"clips": np.full((1, 1, 2, 2, 3), 255, np.uint8),
+           "mask": np.ones((1, 1), np.uint8), "flow": flow,
+           "labels": np.zeros(1)}
+  inputs = preprocess.preprocess(batch, spec)
+  assert set(inputs) == {"clips", "mask", "flow"}
+  np.testing.assert_allclose(inputs["clips"], 2.0)   # (1 - 0.5) / 0.25.
+  assert inputs["mask"].dtype == jnp.bool_
+  # +-20 px -> +-1, within the quantisation step 40/255 px.
+  np.testing.assert_allclose(inputs["flow"][..., 0], 0.5, atol=0.2 / 20)
+  np.testing.assert_allclose(inputs["flow"][..., 1], -1.0, atol=0.2 / 20)
+  spec = preprocess.InputSpec(height=2, width=2, clip_len=1)
+  assert set(preprocess.preprocess(batch, spec)) == {"clips", "mask"}

@@ -1,5 +1,6 @@
 """The training step on 8 fake devices, end-to-end runs, resume, bad input."""
 
+import functools
 import json
 import os
 
@@ -11,10 +12,13 @@ import pytest
 
 from vreid_jax import checkpoint as ckpt_lib
 from vreid_jax import config_utils
+from vreid_jax import losses as losses_lib
+from vreid_jax import models
 from vreid_jax import optim
 from vreid_jax import parallel
 from vreid_jax import train
 from vreid_jax.input_pipeline import pipeline
+from vreid_jax.input_pipeline import preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,14 +34,15 @@ def _config(tmp_data_dir=None, variant="tiny"):
 
 def _tiny_setup(num_classes=4, lr=0.05):
   config = _config()
-  model = train.build_model(config, num_classes)
+  model = models.build_model(config.model_name, num_classes, config.model)
   schedule = optax.constant_schedule(lr)
   with config.unlocked():
     config.optimizer.momentum = 0.9
     config.optimizer.name = "sgd"
   tx = optim.make_optimizer(config.optimizer, schedule)
-  clip_shape = (1, 2, 16, 8, 3)
-  variables = train.init_variables(model, jax.random.PRNGKey(0), clip_shape)
+  spec = preprocess.InputSpec.from_config(config.input)
+  variables = train.init_variables(model, jax.random.PRNGKey(0),
+                                   preprocess.dummy_inputs(spec))
   state = train.create_train_state(variables, tx, jax.random.PRNGKey(1))
   rng = np.random.default_rng(0)
   batches = [{
@@ -51,9 +56,10 @@ def _tiny_setup(num_classes=4, lr=0.05):
 def _run_steps(devices, config, model, tx, schedule, state, batches):
   mesh = parallel.make_mesh(devices)
   sharding = train.state_sharding_like(state, mesh)
-  step_fn = train.jit_train_step(mesh, sharding, model=model, tx=tx,
-                                 losses=config.losses.to_dict(),
-                                 schedule=schedule)
+  step_fn = train.jit_train_step(
+      mesh, sharding, model=model, tx=tx,
+      losses=losses_lib.resolve(config.losses.to_dict()), schedule=schedule,
+      input_spec=preprocess.InputSpec.from_config(config.input))
   state = jax.device_put(jax.tree.map(jnp.array, state), sharding)
   history = []
   for b in batches:
@@ -170,13 +176,88 @@ def test_workdir_of_another_model_is_refused(synthetic_data_dir, tmp_path):
   before = sorted(os.listdir(tmp_path / "checkpoints"))
   config_json = (tmp_path / "config.json").read_text()
   with config.unlocked():
-    config.model.embed_dim = 32
+    config.model.frame_dim = 32
     config.num_steps = 4
   with pytest.raises(ckpt_lib.CheckpointMismatchError,
                      match="different model.*Nothing was overwritten"):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
   assert (tmp_path / "config.json").read_text() == config_json
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("model.last_stride", 2, "model.last_stride: checkpoint 1, config 2"),
+    ("model.neck_feat", "before", "model.neck_feat: checkpoint 'after'"),
+    ("model.dtype", "bfloat16", "model.dtype: checkpoint 'float32'"),
+    ("input.height", 24, "input.height: checkpoint 16, config 24"),
+    ("input.clip_len", 3, "input.clip_len: checkpoint 2, config 3"),
+])
+def test_changed_model_setting_is_refused_by_name(field, value, named,
+                                                  synthetic_data_dir,
+                                                  tmp_path):
+  """Settings that change no parameter shape are still part of the model."""
+  config = _config(synthetic_data_dir)
+  with config.unlocked():
+    config.num_steps = 2
+  run = train.setup(config, str(tmp_path))
+  state, _, _ = train.restore_or_init(run)
+  ckpt_lib.save(run.manager, 2, state, {"step": 2}, run.meta, force=True)
+  run.manager.wait_until_finished()
+  section, key = field.split(".")
+  with config.unlocked():
+    config[section][key] = value
+  run = train.setup(config, str(tmp_path))
+  with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+    train.restore_or_init(run)
+  assert named in str(e.value) and "Nothing was overwritten" in str(e.value)
+
+
+def test_changed_optimizer_gets_a_friendly_message(synthetic_data_dir,
+                                                   tmp_path):
+  config = _config(synthetic_data_dir)
+  run = train.setup(config, str(tmp_path))
+  state, _, _ = train.restore_or_init(run)
+  ckpt_lib.save(run.manager, 2, state, {"step": 2}, run.meta, force=True)
+  run.manager.wait_until_finished()
+  with config.unlocked():
+    config.optimizer.name = "sgd"
+    config.optimizer.momentum = 0.9
+  run = train.setup(config, str(tmp_path))
+  with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                     match=r"another optimizer: optimizer.momentum: checkpoint"
+                     r" '<unset>', config 0.9; optimizer.name: checkpoint "
+                     r"'adam', config 'sgd'.*init_from.checkpoint"):
+    train.restore_or_init(run)
+  # A setting that keeps the state's layout resumes, and is said.
+  with config.unlocked():
+    config.optimizer.name = "adam"
+    del config.optimizer["momentum"]
+    config.optimizer.weight_decay = 1e-3
+  run = train.setup(config, str(tmp_path))
+  _, _, start = train.restore_or_init(run)
+  assert start == 2
+
+
+def test_restore_for_inference_reproduces_the_run_features(
+    synthetic_data_dir, tmp_path):
+  """A tool that only embeds: model, variables and config from the workdir
+  alone give the features the run's evaluator saved."""
+  from vreid_jax.evaluators import embedder as embedder_lib  # pylint: disable=g-import-not-at-top
+  config = _config(synthetic_data_dir)
+  with config.unlocked():
+    config.num_steps = 2
+    config.evals.reid.save_features = True
+  train.train_and_evaluate(config, str(tmp_path))
+  model, variables, restored = ckpt_lib.restore_for_inference(str(tmp_path))
+  assert restored.model.to_dict() == config.model.to_dict()
+  data = pipeline.open_dataset(restored.dataset, restored.data_dir)
+  embedder = embedder_lib.Embedder(
+      models.embed_fn(model), preprocess.InputSpec.from_config(
+          restored.input), parallel.make_mesh())
+  got = embedder.embed(variables, data, "query",
+                       embedder_lib.EmbedPlan.from_config(restored.evals.reid))
+  with np.load(tmp_path / "query_features.npz") as f:
+    np.testing.assert_allclose(got, f["features"], rtol=1e-6, atol=1e-6)
 
 
 def test_non_finite_loss_stops_with_step_and_terms(synthetic_data_dir,
@@ -210,6 +291,15 @@ def test_unknown_config_key_fails(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "clip_lenn" in out.stderr
+  # `--config PATH:ARG` (space form) from another directory loads the file
+  # (its `configs.common` import included) and reaches the same check.
+  out = subprocess.run(
+      [sys.executable, "-m", "vreid_jax.main", "--config",
+       os.path.join(ROOT, "configs/demo.py:tiny"), f"--workdir={tmp_path}",
+       "--config.input.clip_lenn=3"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "clip_lenn" in out.stderr and "configs.common" not in out.stderr
 
 
 def test_cross_dataset_evaluation(synthetic_data_dir, tmp_path):
@@ -229,8 +319,122 @@ def test_cross_dataset_evaluation(synthetic_data_dir, tmp_path):
   config = _config(str(data_dir))
   with config.unlocked():
     config.num_steps = 2
-    config.eval_dataset.name = "mars"
-    config.eval.protocol = "matlab"
+    config.evals.reid.dataset.name = "mars"
+    config.evals.reid.protocol = "matlab"
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["protocol"]["name"] == "mars/matlab"
   assert results["num_queries"] == 2
+  # MARS has no motion twins: the demo's twin evaluator says so.
+  assert "no motion-twin annotations" in results["motion_twins"]["skipped"]
+
+
+@pytest.fixture(scope="module")
+def flow_data_dir(tmp_path_factory):
+  """synthetic_video_reid/tiny with a flow store for every split.
+
+  The flow of frame t of a record is a uniform (t mod 5, -1) px field (no
+  OpenCV needed): what matters here is that the model reads it.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from vreid_jax.datasets.synthetic_video_reid import synthetic_video_reid as syn  # pylint: disable=g-import-not-at-top
+  from vreid_jax.input_pipeline import flow as flow_lib  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds_flow"))
+  syn.SyntheticVideoReid(config="tiny", data_dir=data_dir).download_and_prepare(
+      file_format="array_record")
+  builder = tfds.builder("synthetic_video_reid/tiny", data_dir=data_dir)
+  for split, index in builder.info.metadata["index"].items():
+    num_frames = [int(n) for n in index["num_frames"]]
+    records = [[flow_lib.encode_flow(np.full((64, 32, 2), [t % 5, -1.0]))
+                for t in range(n)] for n in num_frames]
+    flow_lib.write_flow_store(builder.data_dir, split, records, num_frames)
+  return data_dir
+
+
+def test_flow_config_trains_through_the_flow_path(flow_data_dir, tmp_path):
+  config = _config(flow_data_dir)
+  with config.unlocked():
+    config.num_steps = 2
+    config.input.with_flow = True
+    config.model.use_flow = True
+  run = train.setup(config, str(tmp_path))
+  assert run.input_spec.keys == ("clips", "mask", "flow")
+  state, _, _ = train.restore_or_init(run)
+  before = jax.device_get(state.params["backbone"]["flow_conv1"]["kernel"])
+  state = train.train_loop(run, state, None, 0)
+  after = jax.device_get(state.params["backbone"]["flow_conv1"]["kernel"])
+  assert np.abs(after - before).max() > 0, "the flow stem did not train"
+  results = train.finish(run, state)  # Evaluation embeds with flow too.
+  assert 0.0 <= results["mAP"] <= 1.0
+
+
+def test_model_and_config_must_agree_on_flow(synthetic_data_dir, tmp_path):
+  config = _config(synthetic_data_dir)
+  with config.unlocked():
+    config.model.use_flow = True
+  with pytest.raises(ValueError, match="reads optical flow but config.input"
+                     ".with_flow is False"):
+    train.setup(config, str(tmp_path))
+  with config.unlocked():
+    config.model.use_flow = False
+    config.input.with_flow = True
+  with pytest.raises(ValueError, match="does not read flow"):
+    train.setup(config, str(tmp_path))
+
+
+def test_two_instances_of_one_loss_train_two_heads():
+  """Two CE instances on two heads of one model, through the real step."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class TwoHeads(nn.Module):
+
+    @nn.compact
+    def __call__(self, inputs, *, train):
+      del train
+      x = inputs["clips"].mean(axis=(1, 2, 3))
+      f = nn.Dense(6, name="body")(x)
+      return f, {"features": f,
+                 "logits_a": nn.Dense(4, name="head_a")(f),
+                 "logits_b": nn.Dense(4, name="head_b")(nn.relu(f))}
+
+  model = TwoHeads()
+  spec = preprocess.InputSpec(height=8, width=4, clip_len=2)
+  losses = losses_lib.resolve({
+      "ce_a": {"type": "softmax_cross_entropy",
+               "inputs": {"logits": "logits_a"}},
+      "ce_b": {"type": "softmax_cross_entropy", "weight": 0.5,
+               "inputs": {"logits": "logits_b"}}})
+  tx = optax.sgd(0.1)
+  variables = train.init_variables(model, jax.random.PRNGKey(0),
+                                   preprocess.dummy_inputs(spec))
+  state = train.create_train_state(variables, tx, jax.random.PRNGKey(1))
+  rng = np.random.default_rng(0)
+  batch = {"clips": rng.integers(0, 256, (4, 2, 8, 4, 3), dtype=np.uint8),
+           "mask": np.ones((4, 2), bool),
+           "labels": np.array([0, 1, 2, 3], np.int32)}
+  new, metrics = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx, losses=losses,
+      schedule=optax.constant_schedule(0.1), input_spec=spec))(state, batch)
+  assert {"loss/ce_a", "loss/ce_b"} <= set(metrics)
+  np.testing.assert_allclose(
+      metrics["loss"], metrics["loss/ce_a"] + 0.5 * metrics["loss/ce_b"],
+      rtol=1e-6)
+  for head in ("head_a", "head_b"):
+    assert np.abs(new.params[head]["kernel"]
+                  - variables["params"][head]["kernel"]).max() > 0, head
+
+
+def test_loop_runs_hooks_and_saves_where_the_manager_says(synthetic_data_dir,
+                                                          tmp_path):
+  config = _config(synthetic_data_dir)
+  with config.unlocked():
+    config.num_steps = 5
+    config.checkpoint.every_steps = 2
+  run = train.setup(config, str(tmp_path))
+  state, it, start = train.restore_or_init(run)
+  seen = []
+  hook = train.Periodic(1, lambda s, st: seen.append((s, int(st.step))))
+  train.train_loop(run, state, it, start, hooks=[hook])
+  assert seen == [(s, s) for s in range(1, 6)]
+  # Every 2 steps (orbax's should_save), and the last step.
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "5"]
+  run.writer.close()

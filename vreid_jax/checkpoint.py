@@ -3,28 +3,47 @@
 Each checkpoint holds three items:
   state:     the TrainState pytree (step, params, batch_stats, opt_state, rng);
   data_iter: the grain iterator state, so a resumed run sees the same batches;
-  meta:      the model name, its config and every parameter's shape, checked
-             before anything is restored or written, so a workdir of another
-             model is never overwritten.
+  meta:      what made the checkpoint: the model (name, config, number of
+             classes, every parameter's shape), the input it was trained on
+             (frame size, clip length, normalisation, flow), the optimizer
+             and a signature of its state, and the whole config. A resume
+             compares it with the current run before anything is restored or
+             written, and names every difference; `restore_for_inference`
+             rebuilds the model from it alone.
+
+Saving is asked of the manager every step (`should_save`: every
+`config.checkpoint.every_steps`, and where orbax's preemption handling says
+so); the last step is always saved.
+
+Partial initialisation (`load_partial`): copy every parameter of another
+run's checkpoint whose name and shape match (GLTR's stage 1 -> stage 2).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from absl import logging
+import flax
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "data_iter", "meta")
 
+# The input settings a model's function depends on; a resume must match them.
+INPUT_KEYS = ("height", "width", "clip_len", "mean", "std", "with_flow",
+              "flow_scale")
+
 
 class CheckpointMismatchError(ValueError):
-  """The workdir holds a checkpoint of a different model."""
+  """The workdir holds a checkpoint of a different model or optimizer."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -32,11 +51,27 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def make_manager(workdir: str, *, max_to_keep: int = 3,
+                 every_steps: int = 0,
                  asynchronous: bool = True) -> ocp.CheckpointManager:
+  """The workdir's CheckpointManager.
+
+  Args:
+    workdir: the run's directory.
+    max_to_keep: checkpoints kept (older ones are deleted).
+    every_steps: save interval for `should_save` (0: only forced saves).
+    asynchronous: write in the background (`wait_until_finished` syncs).
+  """
   # cleanup_tmp_directories: a run killed while saving leaves a temporary
   # directory; it is removed when the run resumes.
+  # should_save: every `every_steps` (none when <= 0) and at a preemption
+  # sync point; not orbax's default initial save at the first step.
+  policies = [ocp.checkpoint_managers.PreemptionCheckpointingPolicy()]
+  if every_steps > 0:
+    policies.insert(0, ocp.checkpoint_managers.FixedIntervalPolicy(
+        int(every_steps)))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+      save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
       enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=ITEMS)
@@ -48,20 +83,69 @@ def param_shapes(params) -> dict[str, list[int]]:
           for path, leaf in flat}
 
 
-def make_meta(model_name: str, model_config: Mapping[str, Any],
-              params) -> dict[str, Any]:
-  return {"model_name": model_name,
-          "model": json.loads(json.dumps(dict(model_config), default=str)),
-          "param_shapes": param_shapes(params)}
+def _jsonable(x):
+  return json.loads(json.dumps(x, default=_default))
+
+
+def tree_signature(tree) -> str:
+  """A short hash of a pytree's structure and leaf shapes/dtypes."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  text = str(treedef) + "".join(
+      f"{np.shape(x)}{getattr(x, 'dtype', '')}" for x in leaves)
+  return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def make_meta(config, *, num_classes: int, params,
+              opt_state) -> dict[str, Any]:
+  """The checkpoint's meta item for this run."""
+  cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return _jsonable({
+      "model_name": cfg["model_name"],
+      "model": dict(cfg["model"]),
+      "num_classes": int(num_classes),
+      "input": {k: cfg["input"].get(k) for k in INPUT_KEYS},
+      "optimizer": dict(cfg["optimizer"]),
+      "opt_state_signature": tree_signature(opt_state),
+      "param_shapes": param_shapes(params),
+      "config": cfg,
+  })
+
+
+def _differences(prefix: str, saved: Mapping[str, Any],
+                 current: Mapping[str, Any]) -> list[str]:
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key, "<unset>"), current.get(key, "<unset>")
+    if a != b:
+      out.append(f"{prefix}{key}: checkpoint {a!r}, config {b!r}")
+  return out
 
 
 def check_meta(saved: Mapping[str, Any], current: Mapping[str, Any],
-               workdir: str, step: int) -> None:
-  """Raises CheckpointMismatchError naming what differs."""
+               workdir: str, step: int) -> list[str]:
+  """Raises CheckpointMismatchError naming what differs.
+
+  Compares the model name, the model config, the number of classes, the
+  input settings the model depends on and every parameter's shape (sections
+  absent from an older checkpoint's meta are skipped), then the optimizer:
+  a different optimizer-state layout is refused with its settings named.
+
+  Returns:
+    The optimizer settings that differ while the state layout still fits
+    (the caller logs them; the run resumes).
+  """
   problems = []
   if saved.get("model_name") != current["model_name"]:
-    problems.append(f"model_name {saved.get('model_name')!r} != "
-                    f"{current['model_name']!r}")
+    problems.append(f"model_name: checkpoint {saved.get('model_name')!r}, "
+                    f"config {current['model_name']!r}")
+  if "model" in saved:
+    problems += _differences("model.", saved["model"], current["model"])
+  if "num_classes" in saved and saved["num_classes"] != current[
+      "num_classes"]:
+    problems.append(f"number of training identities: checkpoint "
+                    f"{saved['num_classes']}, dataset {current['num_classes']}")
+  if "input" in saved:
+    problems += _differences("input.", saved["input"], current["input"])
   a, b = saved.get("param_shapes", {}), current["param_shapes"]
   missing = sorted(set(b) - set(a))
   extra = sorted(set(a) - set(b))
@@ -75,15 +159,37 @@ def check_meta(saved: Mapping[str, Any], current: Mapping[str, Any],
     raise CheckpointMismatchError(
         f"--workdir={workdir} holds a checkpoint (step {step}) of a different "
         f"model: {'; '.join(problems)}. Nothing was overwritten. Use a new "
-        "--workdir, or delete the old checkpoints to start over.")
+        "--workdir, or delete the old checkpoints to start over (or start "
+        "from its weights with --config.init_from.checkpoint).")
+  optimizer_changes = _differences("optimizer.", saved.get("optimizer", {}),
+                                   current["optimizer"]) if (
+                                       "optimizer" in saved) else []
+  if ("opt_state_signature" in saved and saved["opt_state_signature"]
+      != current["opt_state_signature"]):
+    what = "; ".join(optimizer_changes) or (
+        "the optimizer state layout (parameter groups, or another optax "
+        "version)")
+    raise CheckpointMismatchError(
+        f"--workdir={workdir} holds a checkpoint (step {step}) made with "
+        f"another optimizer: {what}. Its optimizer state cannot continue "
+        "under this config. Nothing was overwritten. Resume with the "
+        "checkpoint's optimizer settings, or start a new --workdir from its "
+        f"weights with --config.init_from.checkpoint={workdir}.")
+  return optimizer_changes
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state,
-         meta) -> None:
-  manager.save(step, args=ocp.args.Composite(
+         meta, *, force: bool = False) -> bool:
+  """Saves a checkpoint of `step`; returns whether one was started."""
+  return manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data_iter=ocp.args.JsonSave(_jsonable(data_iter_state)),
-      meta=ocp.args.JsonSave(meta)))
+      meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))["meta"]
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, meta,
@@ -91,71 +197,168 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, meta,
   """Restores the latest checkpoint, after checking it is of this model.
 
   Returns:
-    (state, data_iter_state, step), or None when there is no checkpoint.
+    (state, data_iter_state, step, optimizer_changes), or None when there is
+    no checkpoint.
   """
   step = manager.latest_step()
   if step is None:
     return None
-  saved_meta = manager.restore(step, args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))["meta"]
-  check_meta(saved_meta, meta, workdir, step)
+  changes = check_meta(_restore_meta(manager, step), meta, workdir, step)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state),
       data_iter=ocp.args.JsonRestore()))
   logging.info("Restored checkpoint of step %d from %s", step,
                checkpoint_dir(workdir))
-  return restored["state"], restored["data_iter"], step
+  return restored["state"], restored["data_iter"], step, changes
+
+
+def _read_only_manager(root: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      root, item_names=ITEMS,
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
 
 
 def peek_meta(workdir: str) -> tuple[int, dict] | None:
   """(step, meta) of the latest checkpoint of `workdir`, if any."""
   if not os.path.isdir(checkpoint_dir(workdir)):
     return None
-  manager = make_manager(workdir, asynchronous=False)
+  manager = _read_only_manager(checkpoint_dir(workdir))
   step = manager.latest_step()
   if step is None:
     return None
-  meta = manager.restore(step, args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))["meta"]
-  return step, meta
+  return step, _restore_meta(manager, step)
 
 
-def restore_params(path: str, *, step: int | None = None) -> dict[str, Any]:
-  """Reads params and batch_stats of another run's checkpoint (for init).
+def _step_dir(path: str, step: int | None, what: str) -> str:
+  """The checkpoints/<step> directory named by a workdir, checkpoints/ dir
+  or checkpoints/<step> dir (latest step unless `step`)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, "state")):
+    return path
+  root = path if os.path.basename(path) == "checkpoints" else (
+      checkpoint_dir(path))
+  if not os.path.isdir(root):
+    raise FileNotFoundError(
+        f"{what}={path}: not a workdir, checkpoints/ dir or checkpoints/<step>"
+        " dir")
+  manager = _read_only_manager(root)
+  step = manager.latest_step() if step is None else step
+  if step is None or not os.path.isdir(os.path.join(root, str(step))):
+    raise FileNotFoundError(
+        f"{what}={path}: no checkpoint"
+        + (f" of step {step}" if step is not None else "") + f" in {root}")
+  return os.path.join(root, str(step))
+
+
+def restore_params(path: str, *, step: int | None = None,
+                   what: str = "config.init_from.checkpoint"
+                   ) -> dict[str, Any]:
+  """Reads params and batch_stats of a checkpoint (any device layout).
 
   Args:
     path: a workdir, its checkpoints/ dir, or one checkpoints/<step> dir.
     step: which step of a workdir; the latest by default.
+    what: the flag or field that named `path`, for messages.
 
   Returns:
-    {"params": ..., "batch_stats": ...} as NumPy trees.
+    {"params": ..., "batch_stats": ...}.
   """
-  path = os.path.abspath(os.path.expanduser(path))
-  state_dir = None
-  if os.path.isdir(os.path.join(path, "state")):
-    state_dir = os.path.join(path, "state")
-  else:
-    root = path if os.path.basename(path) == "checkpoints" else (
-        checkpoint_dir(path))
-    if not os.path.isdir(root):
-      raise FileNotFoundError(
-          f"config.init_from.checkpoint={path}: not a workdir, checkpoints/ "
-          "dir or checkpoints/<step> dir")
-    manager = ocp.CheckpointManager(
-        root, item_names=ITEMS,
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(
-          f"config.init_from.checkpoint={path}: no checkpoint in {root}")
-    state_dir = os.path.join(root, str(step), "state")
-  restored = ocp.StandardCheckpointer().restore(state_dir)
+  state_dir = os.path.join(_step_dir(path, step, what), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(state_dir).item_metadata
+  tree = getattr(tree, "tree", tree)
+  # Shapes without shardings: restored on the default device, whatever
+  # mesh wrote them.
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        tree)
+  restored = checkpointer.restore(state_dir, target)
   return {"params": restored["params"],
           "batch_stats": restored.get("batch_stats", {})}
 
 
-def _jsonable(x):
-  return json.loads(json.dumps(x, default=_default))
+def merge_matching(target, source, prefix: str = "") -> tuple[Any, list[str],
+                                                               list[str]]:
+  """Copies leaves of `source` into `target` where path and shape match.
+
+  Returns (merged tree, loaded paths, skipped paths of target).
+  """
+  loaded, skipped = [], []
+
+  def visit(t, s, path):
+    if isinstance(t, Mapping):
+      out = {}
+      for k, v in t.items():
+        sub = f"{path}/{k}"
+        if isinstance(s, Mapping) and k in s:
+          out[k] = visit(v, s[k], sub)
+        else:
+          skipped.append(sub)
+          out[k] = v
+      return out
+    if s is not None and np.shape(s) == np.shape(t):
+      loaded.append(path)
+      return jnp.asarray(s, dtype=jnp.asarray(t).dtype)
+    skipped.append(path)
+    return t
+
+  merged = visit(flax.core.unfreeze(target), flax.core.unfreeze(source),
+                 prefix)
+  return merged, loaded, skipped
+
+
+def load_partial(variables, path: str, *, log=logging.info):
+  """`variables` with every leaf of checkpoint `path` that fits copied in.
+
+  Used for `config.init_from.checkpoint` (e.g. GLTR's stage-1 frame model
+  initialising stage 2's backbone and reduction). Logs what was loaded and
+  what kept its fresh initialisation.
+
+  Raises:
+    ValueError: no parameter of the checkpoint fits the model.
+  """
+  source = restore_params(path)
+  merged = {}
+  for col in ("params", "batch_stats"):
+    merged[col], loaded, skipped = merge_matching(
+        variables.get(col, {}), source.get(col, {}), col)
+    log("init_from.checkpoint: %s: loaded %d arrays, kept %d freshly "
+        "initialised (%s)", col, len(loaded), len(skipped),
+        ", ".join(skipped[:8]))
+    if col == "params" and not loaded:
+      raise ValueError(
+          f"config.init_from.checkpoint={path}: no parameter matches this "
+          "model (names or shapes differ)")
+  return merged
+
+
+def restore_for_inference(workdir: str, *, step: int | None = None):
+  """A trained model from its workdir alone: (model, variables, config).
+
+  The model is rebuilt from the checkpoint's meta (model name, config and
+  number of classes), the variables are its params and batch_stats, and
+  `config` is the run's config as it was when the checkpoint was written.
+  Nothing of the training loop is needed: embed with
+  `vreid_jax.models.embed_fn(model)` and
+  `vreid_jax.input_pipeline.preprocess`.
+
+  Raises:
+    FileNotFoundError: no checkpoint (of that step).
+    ValueError: a checkpoint written before metas carried the config.
+  """
+  from vreid_jax import models  # pylint: disable=g-import-not-at-top
+  step_dir = _step_dir(workdir, step, "--workdir")
+  step = int(os.path.basename(step_dir))
+  manager = _read_only_manager(os.path.dirname(step_dir))
+  meta = _restore_meta(manager, step)
+  if "config" not in meta or "num_classes" not in meta:
+    raise ValueError(
+        f"{step_dir}: the checkpoint's meta has no config (written by an "
+        "older vreid_jax); rebuild the model yourself and use "
+        "checkpoint.restore_params")
+  config = ml_collections.ConfigDict(meta["config"])
+  model = models.build_model(meta["model_name"], meta["num_classes"],
+                             meta["model"])
+  return model, restore_params(step_dir), config
 
 
 def _default(o):
@@ -163,4 +366,6 @@ def _default(o):
     return o.decode("latin-1")
   if isinstance(o, np.generic):
     return o.item()
-  raise TypeError(f"cannot store {type(o)} in the data iterator state")
+  if isinstance(o, tuple):
+    return list(o)
+  raise TypeError(f"cannot store {type(o)} in a checkpoint's JSON")

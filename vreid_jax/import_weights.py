@@ -7,8 +7,8 @@ The input is a local torchvision state dict (.pth/.pt needs torch; or a
 .safetensors/.npz with the same keys). The output .npz holds the Flax
 `backbone` subtree flattened with '/' keys ("params/layer1_0/conv1/kernel",
 "batch_stats/bn1/mean", ...); point `config.init_from.backbone_weights` at it
-(or directly at the .pth/.safetensors file): the trainer loads it with
-`vreid_jax.models.weights.merge_backbone`.
+(or directly at the .pth/.safetensors file): the trainer passes it to the
+model module's `load`, which calls `vreid_jax.models.resnet.load_torchvision`.
 
 Flags are parsed with argparse inside `main`, so importing this module
 registers no global flags.
@@ -23,7 +23,6 @@ import numpy as np
 
 from vreid_jax.models import common
 from vreid_jax.models import resnet
-from vreid_jax.models import weights
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -37,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="torchvision weights: .pth, .safetensors or .npz.")
   parser.add_argument("--output", required=True, help="Output .npz path.")
   args = parser.parse_args(argv)
-  flat = weights.convert_file(args.input, arch=args.arch)
+  flat = resnet.convert_file(args.input, arch=args.arch)
   np.savez(args.output, **flat)
   num_params = common.count_params(
       [v for k, v in flat.items() if k.startswith("params/")])

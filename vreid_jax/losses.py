@@ -1,20 +1,30 @@
-"""Losses. A config names them by function name with their weights:
+"""Losses, configured as named instances.
 
   config.losses = {
       "softmax_cross_entropy": {"weight": 1.0, "label_smoothing": 0.1},
       "batch_hard_triplet": {"weight": 1.0, "margin": 0.3},
+      # The same loss type on another head: a second instance.
+      "ce_appearance": {"type": "softmax_cross_entropy", "weight": 1.0,
+                        "inputs": {"logits": "logits_a"}},
   }
 
-Each loss here has the signature `fn(embedding, aux, batch, **kwargs) ->
-scalar` and takes what it needs from the model's `(embedding, aux)` output and
-the batch, so a new model-specific loss is a new function in this module, not
-an edit of the trainer.
+An instance's `type` names a loss of the `LOSSES` table and defaults to the
+instance name; `weight` scales it in the total (0 switches it off); the other
+fields are the loss function's keyword arguments. `inputs` maps each of the
+function's tensor arguments to where it comes from: a key of the model's aux
+dict, "embedding" for the model's embedding, or a key of the batch
+("labels", "pids", "camids"); the table gives the defaults. The log and the
+summaries report every instance by its name.
+
+Adding a loss: write `fn(<tensor arguments>, *, <options>) -> scalar` here
+and add it to `LOSSES` with its default inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-import sys
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -22,17 +32,28 @@ import jax.numpy as jnp
 import optax
 
 
-def softmax_cross_entropy(embedding, aux, batch, *,
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
                           label_smoothing: float = 0.0) -> jax.Array:
-  """Identity classification loss on aux["logits"], with label smoothing.
+  """Identity classification loss with label smoothing.
 
   With smoothing eps and C classes the target is (1 - eps) one_hot + eps / C
   (Szegedy et al., 2016), as in the BoT ReID baseline.
+
+  Args:
+    logits: (B, C) or (B, ..., C), e.g. per-frame logits (B, T, C) of a
+      frame-level classifier: each gets its sample's label.
+    labels: (B,) int.
+    label_smoothing: eps.
+
+  Returns:
+    The mean cross-entropy over every row of logits.
   """
-  del embedding
-  logits = aux["logits"].astype(jnp.float32)
+  logits = logits.astype(jnp.float32)
   num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(batch["labels"], num_classes)
+  labels = jnp.broadcast_to(
+      labels.reshape(labels.shape + (1,) * (logits.ndim - 1 - labels.ndim)),
+      logits.shape[:-1])
+  targets = jax.nn.one_hot(labels, num_classes)
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets).mean()
@@ -50,9 +71,9 @@ def pairwise_distances(x: jax.Array, squared: bool = False) -> jax.Array:
   return jnp.where(d2 > 1e-12, jnp.sqrt(safe), 0.0)
 
 
-def batch_hard_triplet(embedding, aux, batch, *, margin: float = 0.3,
-                       soft_margin: bool = False,
-                       feature: str = "features") -> jax.Array:
+def batch_hard_triplet(features: jax.Array, labels: jax.Array, *,
+                       margin: float = 0.3,
+                       soft_margin: bool = False) -> jax.Array:
   """Batch-hard triplet loss (Hermans, Beyer & Leibe, 2017).
 
   For each anchor a in the batch: the hardest positive (largest distance to
@@ -63,16 +84,13 @@ def batch_hard_triplet(embedding, aux, batch, *, margin: float = 0.3,
   or, with soft_margin, mean_a softplus(max_p D(a,p) - min_n D(a,n)).
 
   Args:
-    embedding: unused unless feature == "embedding".
-    aux: the model's aux dict; aux[feature] is used.
-    batch: needs "labels".
+    features: (B, D) features (by default aux["features"], the pre-BN-neck
+      feature: the BoT choice).
+    labels: (B,) identities.
     margin: m.
     soft_margin: use the soft-margin formulation.
-    feature: "features" (pre-BN-neck, the BoT choice) or "embedding".
   """
-  x = embedding if feature == "embedding" else aux[feature]
-  labels = batch["labels"]
-  dist = pairwise_distances(x)
+  dist = pairwise_distances(features)
   same = labels[:, None] == labels[None, :]
   eye = jnp.eye(len(labels), dtype=bool)
   pos = jnp.max(jnp.where(same & ~eye, dist, -jnp.inf), axis=1)
@@ -85,24 +103,118 @@ def batch_hard_triplet(embedding, aux, batch, *, margin: float = 0.3,
   return per_anchor.sum() / jnp.maximum(valid.sum(), 1)
 
 
-def total_loss(embedding, aux, batch,
-               losses: Mapping[str, Mapping[str, Any]]
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Weighted sum of the configured losses; returns (total, {name: value})."""
-  module = sys.modules[__name__]
-  terms = {}
-  total = jnp.zeros((), jnp.float32)
-  for name, kwargs in losses.items():
-    kwargs = dict(kwargs)
-    weight = kwargs.pop("weight", 1.0)
+@dataclasses.dataclass(frozen=True)
+class LossType:
+  """A loss function and where its tensor arguments come from by default."""
+  fn: Callable[..., jax.Array]
+  inputs: Mapping[str, str]
+
+
+LOSSES: dict[str, LossType] = {
+    "softmax_cross_entropy": LossType(
+        softmax_cross_entropy, {"logits": "logits", "labels": "labels"}),
+    "batch_hard_triplet": LossType(
+        batch_hard_triplet, {"features": "features", "labels": "labels"}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """One configured loss instance (hashable: it is part of the jitted step).
+
+  Attributes:
+    name: the instance name (config key), used in logs and summaries.
+    type: the LOSSES key.
+    weight: its weight in the total.
+    inputs: (argument, source) pairs.
+    kwargs: (option, value) pairs.
+  """
+  name: str
+  type: str
+  weight: float
+  inputs: tuple[tuple[str, str], ...]
+  kwargs: tuple[tuple[str, Any], ...]
+
+  def sources(self) -> tuple[str, ...]:
+    return tuple(src for _, src in self.inputs)
+
+
+def _hashable(v):
+  if isinstance(v, list):
+    return tuple(_hashable(x) for x in v)
+  return v
+
+
+def resolve(losses: Mapping[str, Mapping[str, Any]]) -> tuple[Loss, ...]:
+  """Checks `config.losses` and returns its instances (weight 0 dropped).
+
+  Raises:
+    ValueError: naming the instance and field of an unknown type, option
+      or input argument, or when no loss is left.
+  """
+  out = []
+  for name, cfg in losses.items():
+    cfg = dict(cfg)
+    type_ = cfg.pop("type", None) or name
+    weight = float(cfg.pop("weight", 1.0))
+    inputs = dict(cfg.pop("inputs", None) or {})
+    if type_ not in LOSSES:
+      raise ValueError(
+          f"config.losses.{name}: unknown loss type {type_!r}; known: "
+          f"{sorted(LOSSES)} (set config.losses.{name}.type)")
+    spec = LOSSES[type_]
+    options = {p.name for p in inspect.signature(spec.fn).parameters.values()
+               if p.kind == inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(cfg) - options)
+    if unknown:
+      raise ValueError(f"config.losses.{name}: {type_} has no option(s) "
+                       f"{unknown}; its options: {sorted(options)}")
+    bad = sorted(set(inputs) - set(spec.inputs))
+    if bad:
+      raise ValueError(f"config.losses.{name}.inputs: {type_} has no input(s)"
+                       f" {bad}; its inputs: {sorted(spec.inputs)}")
     if not weight:
       continue
-    fn = getattr(module, name, None)
-    if fn is None or name.startswith("_") or name in ("total_loss",
-                                                      "pairwise_distances"):
-      raise ValueError(f"config.losses.{name}: no loss of that name in "
-                       f"{__name__}")
-    value = fn(embedding, aux, batch, **kwargs)
-    terms[name] = value
-    total = total + weight * value
+    merged = {**spec.inputs, **inputs}
+    out.append(Loss(name=name, type=type_, weight=weight,
+                    inputs=tuple(sorted(merged.items())),
+                    kwargs=tuple(sorted((k, _hashable(v))
+                                        for k, v in cfg.items()))))
+  if not out:
+    raise ValueError("config.losses: no loss with a non-zero weight")
+  return tuple(out)
+
+
+def _source(loss: Loss, arg: str, src: str, embedding, aux, batch):
+  if src == "embedding":
+    return embedding
+  if src in aux:
+    return aux[src]
+  if src in batch:
+    return batch[src]
+  raise ValueError(
+      f"config.losses.{loss.name}.inputs.{arg}={src!r}: not an aux key of the "
+      f"model ({sorted(aux)}), 'embedding', nor a batch key ({sorted(batch)})")
+
+
+def check_sources(losses: Sequence[Loss], aux_keys, batch_keys) -> None:
+  """Fails before training when a loss reads something nobody provides."""
+  aux = dict.fromkeys(aux_keys)
+  batch = dict.fromkeys(batch_keys)
+  for loss in losses:
+    for arg, src in loss.inputs:
+      _source(loss, arg, src, None, aux, batch)
+
+
+def total_loss(embedding, aux, batch, losses: Sequence[Loss]
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted sum of the loss instances; returns (total, {name: value})."""
+  terms = {}
+  total = jnp.zeros((), jnp.float32)
+  for loss in losses:
+    args = {arg: _source(loss, arg, src, embedding, aux, batch)
+            for arg, src in loss.inputs}
+    value = LOSSES[loss.type].fn(**args, **dict(loss.kwargs))
+    terms[loss.name] = value
+    total = total + loss.weight * value
   return total, terms

@@ -11,14 +11,23 @@ import os
 import sys
 
 
+def _config_paths(argv) -> list[str]:
+  """The config file paths of `--config=PATH[:ARG]` and `--config PATH`."""
+  paths = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      paths.append(arg.split("=", 1)[1])
+    elif arg == "--config" and i + 1 < len(argv):
+      paths.append(argv[i + 1])
+  return [p.split(":", 1)[0] for p in paths]
+
+
 def _configs_on_path(argv) -> None:
   """Lets `configs/x.py` import `configs.common` from any working dir."""
-  for arg in argv:
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1].split(":", 1)[0]
-      root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-      if root not in sys.path:
-        sys.path.insert(0, root)
+  for path in _config_paths(argv):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+      sys.path.insert(0, root)
 
 
 _configs_on_path(sys.argv)

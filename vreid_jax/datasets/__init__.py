@@ -1,9 +1,12 @@
 """TFDS builders of vreid_jax. Importing this package registers them all.
 
-Registered names: `synthetic_video_reid`, `mars`, `duke_video_reid`,
-`ilids_vid`, `prid2011`, `ls_vid` and `sdu_vid`. All share the feature spec
-of `features.py` and the machinery of `base.py`.
+`NAMES` lists the registered names (the one list every CLI and message
+uses); all builders share the feature spec of `features.py` and the
+machinery of `base.py`.
 """
+
+NAMES = ("synthetic_video_reid", "mars", "duke_video_reid", "ilids_vid",
+         "prid2011", "ls_vid", "sdu_vid")
 
 # pylint: disable=unused-import
 from vreid_jax.datasets import duke_video_reid

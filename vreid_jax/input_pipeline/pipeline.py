@@ -101,11 +101,10 @@ def open_dataset(cfg, data_dir: str | None = None, *,
   name = _builder_name(cfg)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
+  except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(
-        f"config.dataset.name={cfg.name!r}: no such dataset. Registered "
-        "vreid_jax datasets: synthetic_video_reid, mars, duke_video_reid, "
-        "ilids_vid, prid2011, ls_vid, sdu_vid") from e
+        f"config.dataset.name={cfg.name!r}: no such dataset; vreid_jax "
+        f"datasets: {', '.join(vreid_jax.datasets.NAMES)}") from None
   if not _is_built(builder):
     build = cfg.get("auto_build", False) if build_if_missing is None else (
         build_if_missing)
@@ -400,7 +399,7 @@ def clip_plan(num_frames: int, mode: str, clip_len: int) -> list[tuple[
     idx = agg.evenly_sampled_indices(num_frames, clip_len)[None]
     mask = np.ones(idx.shape, bool)
   else:
-    raise ValueError("config.eval.mode must be all, dense, every_frame or "
+    raise ValueError("eval mode must be all, dense, every_frame or "
                      f"evenly, got {mode!r}")
   return list(zip(idx, mask))
 
@@ -413,14 +412,19 @@ class EvalBatch:
 
 
 def eval_batches_plan(num_frames: Sequence[int], mode: str, clip_len: int,
-                      batch_size: int, *, max_frames_per_batch: int = 0,
-                      multiple_of: int = 1) -> list[EvalBatch]:
+                      batch_size: int, *, max_frames_per_device: int = 0,
+                      num_devices: int = 1) -> list[EvalBatch]:
   """Groups the clips of every tracklet into fixed-shape batches.
 
-  Clips of equal length share batches; in "all" mode a long bucket gets a
-  smaller batch so that batch * length stays under `max_frames_per_batch`
-  (rounded to `multiple_of`, the number of devices).
+  Clips of equal length share batches. A batch holds `per_device` clips on
+  each of the `num_devices` devices (the global batch is a multiple of the
+  device count, padded with position -1): `per_device` is batch_size /
+  num_devices rounded up, lowered for long clips so that per_device * length
+  stays under `max_frames_per_device` (at least one clip per device: a
+  whole tracklet longer than the cap is still one item).
   """
+  if num_devices < 1:
+    raise ValueError(f"num_devices must be >= 1, got {num_devices}")
   by_len: dict[int, list[EvalItem]] = {}
   for pos, n in enumerate(num_frames):
     for idx, mask in clip_plan(int(n), mode, clip_len):
@@ -428,10 +432,10 @@ def eval_batches_plan(num_frames: Sequence[int], mode: str, clip_len: int,
   batches = []
   for length in sorted(by_len):
     items = by_len[length]
-    bs = batch_size
-    if max_frames_per_batch:
-      bs = min(bs, max(1, max_frames_per_batch // length))
-    bs = max(multiple_of, bs - bs % multiple_of)
+    per_device = -(-batch_size // num_devices)
+    if max_frames_per_device:
+      per_device = min(per_device, max(1, max_frames_per_device // length))
+    bs = per_device * num_devices
     for i in range(0, len(items), bs):
       chunk = items[i:i + bs]
       pad = EvalItem(-1, np.zeros(length, np.int64), np.zeros(length, bool))

@@ -10,18 +10,35 @@ Conventions used by all models of `vreid_jax.models`:
 * Temporal reductions go through `masked_mean`, which never reads a padded
   value (it selects with `jnp.where`, so even a NaN in a padded frame cannot
   leak into the result).
+* Layers that mix neighbouring frames (temporal convolutions) see the real
+  frames packed to the front (`pack_frames` / `unpack_frames`), so a padded
+  frame reads as the convolution's own zero padding wherever the mask puts
+  it (at the end, the start or in the middle of a tracklet).
+* BatchNorm defaults live here once (`BatchNorm`: PyTorch's momentum 0.1 and
+  epsilon 1e-5); a layer that needs others (GoogLeNet's epsilon 1e-3) passes
+  them with `functools.partial(common.BatchNorm, epsilon=1e-3)`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 DType = Any
+ModuleDef = Any
+
+BN_MOMENTUM = 0.9  # flax momentum 0.9 == PyTorch momentum 0.1.
+BN_EPSILON = 1e-5
+# The one BatchNorm constructor of every model (use_running_average, dtype
+# and param_dtype are set where it is used).
+BatchNorm = functools.partial(nn.BatchNorm, momentum=BN_MOMENTUM,
+                              epsilon=BN_EPSILON)
 
 _DTYPES = {
     "float32": jnp.float32,
@@ -57,6 +74,58 @@ def resolve_dtype(dtype: str | DType | None) -> DType:
           f"Unknown dtype name {dtype!r}; expected one of "
           f"{sorted(_DTYPES)}.") from None
   return jnp.dtype(dtype).type
+
+
+INPUT_KEYS = ("clips", "mask", "flow")
+
+
+def read_inputs(inputs: Any, model: str, *, flow: bool = False
+                ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+  """Unpacks a model's `inputs` mapping, checked; returns (clips, mask, flow).
+
+  Every model is called as `model.apply(variables, inputs, train=...)` with
+  `inputs = {"clips": (B, T, H, W, 3), "mask": (B, T) bool[, "flow": (B, T,
+  H, W, 2)]}` (`vreid_jax.input_pipeline.preprocess` builds it). A missing
+  mask means every frame is real; flow is returned only when asked for.
+
+  Args:
+    inputs: the mapping.
+    model: the model's name, for messages.
+    flow: the model reads optical flow.
+
+  Raises:
+    TypeError: `inputs` is not a mapping.
+    ValueError: a key is missing or unknown, or a shape is wrong.
+  """
+  if not hasattr(inputs, "keys"):
+    raise TypeError(
+        f"{model}: call the model with a mapping of inputs, e.g. "
+        "{'clips': (B, T, H, W, 3), 'mask': (B, T)}; got "
+        f"{type(inputs).__name__}.")
+  unknown = sorted(set(inputs) - set(INPUT_KEYS))
+  if unknown:
+    raise ValueError(f"{model}: unknown input keys {unknown}; a model takes "
+                     f"{list(INPUT_KEYS)}.")
+  if "clips" not in inputs:
+    raise ValueError(f"{model}: inputs have no 'clips' (B, T, H, W, 3).")
+  clips = inputs["clips"]
+  check_shape(clips, (None, None, None, None, 3),
+              f"{model}: inputs['clips'] (B, T, H, W, 3)")
+  mask = inputs.get("mask")
+  if mask is not None:
+    check_shape(mask, clips.shape[:2], f"{model}: inputs['mask'] (B, T)")
+  flow_value = None
+  if flow:
+    if inputs.get("flow") is None:
+      raise ValueError(
+          f"{model}: this model reads optical flow, inputs['flow'] (B, T, H, "
+          f"W, 2), but the inputs have only {sorted(inputs)}. Serve it with "
+          "--config.input.with_flow=True after computing the flow of the "
+          "dataset with data_prep/flow.py.")
+    flow_value = inputs["flow"]
+    check_shape(flow_value, clips.shape[:4] + (2,),
+                f"{model}: inputs['flow'] (B, T, H, W, 2)")
+  return clips, mask, flow_value
 
 
 def check_shape(x: jax.Array, expected: Sequence[int | None],
@@ -134,6 +203,50 @@ def masked_mean(x: jax.Array, mask: jax.Array | None,
   total = jnp.sum(jnp.where(m, x, jnp.zeros((), x.dtype)), axis=axis)
   count = jnp.sum(m, axis=axis).astype(x.dtype)
   return total / jnp.maximum(count, 1)
+
+
+def pack_frames(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Orders that move real frames to the front, keeping their order.
+
+  Args:
+    mask: (B, T) bool, True for real frames.
+
+  Returns:
+    (order, inverse), both (B, T) int32: `gather_frames(x, order)` packs
+    the real frames of each row to its first positions (then the padded
+    ones), and `gather_frames(y, inverse)` puts a per-frame result back at
+    the original positions. With the usual masks (real frames first) both
+    are the identity.
+  """
+  order = jnp.argsort(~mask.astype(bool), axis=1, stable=True)
+  inverse = jnp.argsort(order, axis=1, stable=True)
+  return order.astype(jnp.int32), inverse.astype(jnp.int32)
+
+
+def gather_frames(x: jax.Array, order: jax.Array) -> jax.Array:
+  """x (B, T, ...) with its frames reordered by `order` (B, T)."""
+  index = order.reshape(order.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=1)
+
+
+def zero_padded(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """x (B, T, ...) with padded frames (mask False) set to exactly 0."""
+  return jnp.where(expand_mask(mask.astype(bool), x.ndim), x,
+                   jnp.zeros((), x.dtype))
+
+
+def temporal_conv_input(x: jax.Array, mask: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+  """Prepares frames for a 'same'-padded temporal convolution, any mask.
+
+  Returns (packed, inverse): the real frames packed to the front and the
+  padded ones zeroed, so a convolution over `packed` sees exactly the
+  unpadded tracklet followed by zeros (its own zero padding). Apply the
+  convolution, then `gather_frames(y, inverse)` to restore the positions.
+  """
+  order, inverse = pack_frames(mask)
+  packed_mask = jnp.take_along_axis(mask.astype(bool), order, axis=1)
+  return zero_padded(gather_frames(x, order), packed_mask), inverse
 
 
 def count_params(tree: Any) -> int:

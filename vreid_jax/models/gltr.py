@@ -9,12 +9,14 @@
       -> head (BN-neck)                                           embedding
 
 The paper trains the frame model first (stage 1, 2D CNN on single frames:
-`vreid_jax.models.baseline.Model` with T=1, `embed_dim=128`,
+`vreid_jax.models.baseline.Model` with T=1, `frame_dim=128`,
 `reduction_relu=True`) and then DTP and TSA on 16-frame clips (stage 2). The
 `backbone` and `reduction` subtrees have the same names and shapes in both
 models, so the stage-1 checkpoint initialises stage 2 subtree by subtree.
 
-`temporal` selects the aggregation of the paper's ablations (Fig. 6, Table 2):
+`temporal` selects the aggregation of the paper's ablations (Fig. 6, Table 2);
+it is resolved once, in `setup`, into the sequence layers and the pooling
+module (`Model.temporal_layers`, `Model.aggregator`):
 
 * "gltr": DTP then TSA (the full model).
 * "dtp": DTP only.            * "tsa": TSA only (on F).
@@ -26,14 +28,14 @@ models, so the stage-1 checkpoint initialises stage 2 subtree by subtree.
   equal temporal bins of F, concatenated (d * (1+2+4) dims).
 
 Padding mask. Padded frames (mask False) provably do not change any output
-for real frames, in eval and in training:
-* DTP zeroes padded frames before each dilated conv, which is exactly the
-  conv's own zero "same" padding of the unpadded tracklet when the real
-  frames are contiguous (the pipeline pads at the end); TSA's 1-wide convs
-  are per
-  frame; TSA gives padded frames -inf attention logits (the float32 minimum,
-  so an all-padded row stays finite) and zero values; pooling is a masked
-  mean (TPP bins are computed from each tracklet's real length).
+for real frames, in eval and in training, wherever the mask puts them:
+* DTP packs the real frames to the front and zeroes the padded ones before
+  each dilated conv (`common.temporal_conv_input`), which is exactly the
+  conv's own zero "same" padding of the unpadded tracklet, then puts each
+  output back at its frame's position; TSA's 1-wide convs are per frame;
+  TSA gives padded frames -inf attention logits (the float32 minimum, so an
+  all-padded row stays finite) and zero values; pooling is a masked mean
+  (TPP bins are computed from each tracklet's real frames, in order).
 * Every BatchNorm over frames (backbone, reduction, TSA) gets the mask, so
   training batch statistics come from real frames only.
 The outputs at padded positions of `aux["dtp"]`/`aux["tsa"]` are
@@ -51,34 +53,19 @@ import jax
 import jax.numpy as jnp
 
 from vreid_jax.models import common
-from vreid_jax.models import heads
-from vreid_jax.models import resnet
+from vreid_jax.models import framewise
+from vreid_jax.models import temporal as temporal_lib
 
 ModuleDef = Any
 
-BN_MOMENTUM = 0.9  # == PyTorch momentum 0.1.
-BN_EPSILON = 1e-5
+TEMPORAL = ("gltr", "dtp", "tsa", "avg", "pyramid_nodilation", "tpp")
 
-# Temporal variant -> aggregation stages applied in order. "tpp" replaces the
-# final average pooling.
-_TEMPORAL: dict[str, tuple[str, ...]] = {
-    "gltr": ("dtp", "tsa"),
-    "dtp": ("dtp",),
-    "tsa": ("tsa",),
-    "avg": (),
-    "pyramid_nodilation": ("pyramid",),
-    "tpp": ("tpp",),
-}
+load = framewise.load
 
 
 def default_rates(num_branches: int) -> tuple[int, ...]:
   """The paper's dilation rates r_n = 2^(n-1), n = 1..N."""
   return tuple(2**n for n in range(num_branches))
-
-
-def _zero_padded(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """x (B, T, C) with padded frames (mask False) set to exactly 0."""
-  return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
 
 
 class DTP(nn.Module):
@@ -126,16 +113,20 @@ class DTP(nn.Module):
   conv: ModuleDef = nn.Conv
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+               train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Applies DTP.
 
     Args:
       x: (B, T, d) frame features F.
-      mask: (B, T) bool, True for real frames; None = all real.
+      mask: (B, T) bool, True for real frames (anywhere); None = all real.
+      train: unused (DTP has no BatchNorm); the sequence-layer signature.
 
     Returns:
-      (B, T, N*d) (or (N+1)*d with the identity branch) features F'.
+      ((B, T, N*d) features F' (or (N+1)*d with the identity branch), {}).
+      Outputs at padded positions are meaningless.
     """
+    del train
     common.check_shape(x, (None, None, None), f"{self.name}: F (B, T, d)")
     if self.kernel_size % 2 != 1:
       raise ValueError(f"{self.name}: kernel_size must be odd, got "
@@ -147,8 +138,9 @@ class DTP(nn.Module):
     rates = (tuple(self.rates) if self.rates is not None
              else default_rates(self.num_branches))
     features = self.features or d
-    # Zeroing padded frames makes them read as the conv's zero padding.
-    x = _zero_padded(x.astype(dtype), mask)
+    # Real frames packed to the front, padded ones zeroed: they read as the
+    # conv's own zero padding wherever the mask put them.
+    x, inverse = common.temporal_conv_input(x.astype(dtype), mask)
     outs = [x] if self.identity_branch else []
     half = (self.kernel_size - 1) // 2
     for r in rates:
@@ -161,7 +153,7 @@ class DTP(nn.Module):
           features, (width,), kernel_dilation=(dilation,),
           padding=((r * half, r * half),), use_bias=self.use_bias,
           dtype=dtype, param_dtype=param_dtype, name=name)(x))
-    return jnp.concatenate(outs, axis=-1)
+    return common.gather_frames(jnp.concatenate(outs, axis=-1), inverse), {}
 
 
 class TSA(nn.Module):
@@ -194,18 +186,17 @@ class TSA(nn.Module):
     normalization: "softmax" (over source frames) or "none".
     dtype: computation dtype (the softmax is computed in float32).
     param_dtype: parameter dtype.
-    norm: BatchNorm constructor (functools.partial of nn.BatchNorm).
+    norm: BatchNorm constructor (default `common.BatchNorm`).
   """
   alpha: int = 2
   normalization: str = "softmax"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  norm: ModuleDef = functools.partial(
-      nn.BatchNorm, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+  norm: ModuleDef = common.BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
-               train: bool) -> tuple[jax.Array, jax.Array]:
+               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Applies TSA.
 
     Args:
@@ -214,9 +205,9 @@ class TSA(nn.Module):
       train: BN uses batch statistics (of real frames) when True.
 
     Returns:
-      (F'', M): (B, T, D) updated features and (B, T, T) float32 attention
-      M[b, s, t] (source s, target t; columns of real targets sum to 1 with
-      the softmax; 0 in padded rows and columns).
+      (F'', {"attention": M}): (B, T, D) updated features and the (B, T, T)
+      float32 attention M[b, s, t] (source s, target t; columns of real
+      targets sum to 1 with the softmax; 0 in padded rows and columns).
     """
     common.check_shape(x, (None, None, None), f"{self.name}: F' (B, T, D)")
     b, t, d = x.shape
@@ -236,7 +227,7 @@ class TSA(nn.Module):
     bn_mask = mask[..., None]
 
     x = x.astype(dtype)
-    xz = _zero_padded(x, mask)
+    xz = common.zero_padded(x, mask)
     mat_b = nn.relu(norm(name="bn_b")(
         dense(inner, use_bias=False, name="conv_b")(xz), mask=bn_mask))
     mat_c = nn.relu(norm(name="bn_c")(
@@ -251,61 +242,22 @@ class TSA(nn.Module):
       attn = jnp.where(source_real, logits, 0.0)
     attn = jnp.where(mask[:, None, :], attn, 0.0)  # Padded targets: unused.
 
-    f_bar = _zero_padded(dense(inner, name="conv_f")(xz), mask)
+    f_bar = common.zero_padded(dense(inner, name="conv_f")(xz), mask)
     context = jnp.einsum("bsk,bst->btk", f_bar, attn.astype(dtype))
     out = dense(d, kernel_init=nn.initializers.zeros,
                 bias_init=nn.initializers.zeros, name="conv_w")(context)
-    return out + x, attn
+    return out + x, {"attention": attn}
 
 
-def temporal_pyramid_pool(x: jax.Array, mask: jax.Array | None,
-                          bins: Sequence[int]) -> jax.Array:
-  """Temporal pyramid pooling: mean over `n` equal bins, for n in `bins`.
-
-  Bins are laid over each tracklet's real frames (in order), with the
-  adaptive-pooling boundaries [floor(k L / n), ceil((k+1) L / n)) for L real
-  frames, so every bin is non-empty when L >= 1 and padding never matters.
-
-  Args:
-    x: (B, T, d) frame features.
-    mask: (B, T) bool, True for real frames; None = all real.
-    bins: number of bins of each pyramid level, e.g. (1, 2, 4).
-
-  Returns:
-    (B, d * sum(bins)): level by level, bin by bin, d channels each.
-  """
-  b, t, d = x.shape
-  mask = common.frame_mask(mask, b, t)
-  pos = jnp.cumsum(mask, axis=1) - 1            # Rank among real frames.
-  length = jnp.sum(mask, axis=1)[:, None]       # (B, 1)
-  x = x.astype(jnp.float32)
-  levels = []
-  for n in bins:
-    k = jnp.arange(n)[None, :]                  # (1, n)
-    start = (k * length) // n                   # (B, n)
-    end = ((k + 1) * length + n - 1) // n
-    member = (mask[:, None, :]
-              & (pos[:, None, :] >= start[:, :, None])
-              & (pos[:, None, :] < end[:, :, None]))   # (B, n, T)
-    total = jnp.einsum("bnt,btd->bnd", member.astype(x.dtype),
-                       jnp.where(mask[..., None], x, 0.0))
-    count = jnp.maximum(jnp.sum(member, axis=-1), 1)[..., None]
-    levels.append((total / count).reshape(b, n * d))
-  return jnp.concatenate(levels, axis=-1)
-
-
-class Model(nn.Module):
+class Model(framewise.FramewiseModel):
   """GLTR (DTP + TSA) and its ablation variants on per-frame ResNet features.
 
-  Attributes:
-    num_classes: training identities; 0 builds no classifier (no "logits").
-    arch: ResNet variant of the frame model ("resnet50" in the paper).
-    width: ResNet base channels (64 = torchvision).
-    last_stride: stride of the last ResNet stage (1 for ReID).
-    embed_dim: d, the per-frame feature dimension after the `reduction`
-      layer (paper: 128; the name matches the baseline); 0 skips the
-      reduction layer.
-    reduction_relu: ReLU after the reduction BN.
+  Attributes (besides `framewise.FramewiseModel`'s num_classes, arch,
+  width, last_stride, reduction_relu, neck, neck_feat, zero_init_residual,
+  use_flow, dtype, param_dtype):
+    frame_dim: d, the per-frame feature size after the `reduction` layer
+      (paper: 128); 0 skips the reduction layer.
+    reduction_relu: ReLU after the reduction BN (GLTR: True).
     temporal: "gltr", "dtp", "tsa", "avg", "pyramid_nodilation" or "tpp".
     num_branches: N, pyramid branches when `rates` is None (paper: 3).
     rates: DTP dilation rates (and TPP bin counts); None = 2^(n-1).
@@ -314,16 +266,14 @@ class Model(nn.Module):
     identity_branch: concatenate F to the DTP branches (public code).
     alpha: TSA channel reduction (paper: 2).
     attention_norm: TSA normalisation of M, "softmax" or "none".
-    neck_feat: retrieval embedding taken "after" or "before" the BN-neck.
-    zero_init_residual: zero-init the last BN gamma of each ResNet block.
-    dtype: computation dtype (name or dtype); outputs are float32.
-    param_dtype: parameter dtype.
+
+  aux (float32), besides "frame_features", "features" and "logits":
+    "dtp" (B, T, N*d): F' (variants "gltr", "dtp");
+    "pyramid" (B, T, N*d): variant "pyramid_nodilation";
+    "tsa" (B, T, D): F'' and "attention" (B, T, T): M[b, s, t]
+      (variants "gltr", "tsa").
   """
-  num_classes: int = 0
-  arch: str = "resnet50"
-  width: int = 64
-  last_stride: int = 1
-  embed_dim: int = 128
+  frame_dim: int = 128
   reduction_relu: bool = True
   temporal: str = "gltr"
   num_branches: int = 3
@@ -332,88 +282,39 @@ class Model(nn.Module):
   identity_branch: bool = False
   alpha: int = 2
   attention_norm: str = "softmax"
-  neck_feat: str = "after"
-  zero_init_residual: bool = False
-  dtype: Any = "float32"
-  param_dtype: Any = "float32"
 
-  @nn.compact
-  def __call__(self, clips: jax.Array, mask: jax.Array | None = None, *,
-               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Embeds a batch of clips.
+  def _rates(self) -> tuple[int, ...]:
+    return (tuple(self.rates) if self.rates is not None
+            else default_rates(self.num_branches))
 
-    Args:
-      clips: (B, T, H, W, 3) normalised frames.
-      mask: (B, T) bool, True for real frames; None = all real.
-      train: training mode (BatchNorm batch statistics).
+  def _dtp(self, dilated: bool, name: str) -> DTP:
+    return DTP(rates=self._rates(), kernel_size=self.kernel_size,
+               identity_branch=self.identity_branch, dilated=dilated,
+               dtype=self.compute_dtype,
+               param_dtype=common.resolve_dtype(self.param_dtype), name=name)
 
-    Returns:
-      (embedding, aux), all float32. embedding (B, D). aux:
-        "features" (B, D): GLTR f before the BN-neck (triplet loss);
-        "frame_features" (B, T, d): F;
-        "logits" (B, num_classes): when num_classes > 0;
-        "dtp" (B, T, N*d): F' (variants "gltr", "dtp");
-        "pyramid" (B, T, N*d): variant "pyramid_nodilation";
-        "tsa" (B, T, D): F'' and "attention" (B, T, T): M[b, s, t]
-          (variants "gltr", "tsa").
-    """
-    try:
-      stages = _TEMPORAL[self.temporal]
-    except KeyError:
+  def _tsa(self) -> TSA:
+    return TSA(alpha=self.alpha, normalization=self.attention_norm,
+               dtype=self.compute_dtype,
+               param_dtype=common.resolve_dtype(self.param_dtype),
+               name="tsa")
+
+  def temporal_layers(self) -> Sequence[nn.Module]:
+    """The sequence layers of `temporal` (Fig. 6), built once."""
+    if self.temporal not in TEMPORAL:
       raise ValueError(f"gltr: unknown temporal={self.temporal!r}; expected "
-                       f"one of {sorted(_TEMPORAL)}.") from None
-    common.check_shape(clips, (None, None, None, None, 3),
-                       "gltr: clips (B, T, H, W, 3)")
-    b, t = clips.shape[:2]
-    mask_arg, mask = mask, common.frame_mask(mask, b, t)
-    dtype = common.resolve_dtype(self.dtype)
-    param_dtype = common.resolve_dtype(self.param_dtype)
-    rates = (tuple(self.rates) if self.rates is not None
-             else default_rates(self.num_branches))
+                       f"one of {sorted(TEMPORAL)}.")
+    return {
+        "gltr": lambda: (self._dtp(True, "dtp"), self._tsa()),
+        "dtp": lambda: (self._dtp(True, "dtp"),),
+        "tsa": lambda: (self._tsa(),),
+        "avg": lambda: (),
+        "pyramid_nodilation": lambda: (self._dtp(False, "pyramid"),),
+        "tpp": lambda: (),
+    }[self.temporal]()
 
-    # Frame features F (the stage-1 frame model's layers, same names).
-    # BatchNorm masks only when there is padding (an all-True mask would
-    # only add work).
-    fmask = None if mask_arg is None else common.fold_time(mask)
-    fmap = resnet.ResNet(
-        arch=self.arch, width=self.width, last_stride=self.last_stride,
-        zero_init_residual=self.zero_init_residual, dtype=dtype,
-        param_dtype=param_dtype, name="backbone")(
-            common.fold_time(clips), train=train, mask=fmask)
-    x = resnet.global_avg_pool(fmap)
-    if self.embed_dim > 0:
-      x = heads.FrameReduction(
-          self.embed_dim, relu=self.reduction_relu, dtype=dtype,
-          param_dtype=param_dtype, name="reduction")(x, train=train,
-                                                     mask=fmask)
-    frames = common.unfold_time(x, b)
-    aux = {"frame_features": frames.astype(jnp.float32)}
-
-    h = frames
-    features = None
-    for stage in stages:
-      if stage in ("dtp", "pyramid"):
-        h = DTP(rates=rates, kernel_size=self.kernel_size,
-                identity_branch=self.identity_branch,
-                dilated=stage == "dtp", dtype=dtype, param_dtype=param_dtype,
-                name=stage)(h, mask)
-        aux[stage] = h.astype(jnp.float32)
-      elif stage == "tsa":
-        h, attn = TSA(alpha=self.alpha, normalization=self.attention_norm,
-                      dtype=dtype, param_dtype=param_dtype, name="tsa")(
-                          h, mask, train=train)
-        aux["tsa"] = h.astype(jnp.float32)
-        aux["attention"] = attn
-      elif stage == "tpp":
-        features = temporal_pyramid_pool(h, mask, rates)
-    if features is None:
-      features = common.masked_mean(h.astype(jnp.float32), mask, axis=1)
-
-    neck, logits = heads.BNNeck(self.num_classes, dtype=jnp.float32,
-                                param_dtype=param_dtype, name="head")(
-                                    features, train=train)
-    aux["features"] = features
-    if logits is not None:
-      aux["logits"] = logits.astype(jnp.float32)
-    embedding = heads.select_embedding(features, neck, self.neck_feat)
-    return embedding.astype(jnp.float32), aux
+  def aggregator(self) -> nn.Module:
+    """Average pooling (eq. 4), or temporal pyramid pooling for "tpp"."""
+    if self.temporal == "tpp":
+      return temporal_lib.TemporalPyramidPool(bins=self._rates())
+    return temporal_lib.AvgPool()

@@ -1,20 +1,25 @@
-"""Heads shared by the models: frame feature reduction and the BN-neck.
+"""Heads shared by the models: frame feature reduction and the embedding head.
 
 `FrameReduction` is the per-frame layer that maps the pooled backbone feature
-to a d-dim frame feature (Dense + BN [+ ReLU]). Every model builds it with
-`name="reduction"`, so a checkpoint of the frame model (baseline, T=1)
+to a d-dim frame feature (Dense + BN [+ ReLU]). Every frame model builds it
+with `name="reduction"`, so a checkpoint of the frame model (baseline, T=1)
 initialises the `backbone` and `reduction` subtrees of a temporal model.
 
-`BNNeck` is the head of Luo et al., "Bag of Tricks and A Strong Baseline for
-Deep Person Re-identification" (CVPRW 2019): the global feature f_t (used by
-the triplet loss) goes through a BatchNorm without bias (the "bias frozen"
-BN) giving f_i, and a bias-free linear classifier on f_i gives the ID logits.
-Retrieval uses f_i ("after", default) or f_t ("before").
+`EmbeddingHead` turns a clip feature f_t into the retrieval embedding and
+the identity logits, with one of two necks:
+
+* "bnneck" (default): the head of Luo et al., "Bag of Tricks and A Strong
+  Baseline for Deep Person Re-identification" (CVPRW 2019). f_t (used by the
+  triplet loss) goes through a BatchNorm without bias (the "bias frozen" BN)
+  giving f_i, and a bias-free linear classifier on f_i (init N(0, 0.001^2))
+  gives the logits. Retrieval uses f_i ("after") or f_t ("before").
+* "none": a linear classifier with bias on f_t and retrieval on f_t, the
+  head of Gao & Nevatia (2018) and STAR (PyTorch's default Linear init,
+  U(+-1/sqrt(fan_in))).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -25,8 +30,18 @@ from vreid_jax.models import common
 
 ModuleDef = Any
 
-BN_MOMENTUM = 0.9  # == PyTorch momentum 0.1.
-BN_EPSILON = 1e-5
+NECKS = ("bnneck", "none")
+NECK_FEATS = ("after", "before")
+
+# torch.nn.Linear's default init: U(+-1/sqrt(fan_in)) for weight and bias.
+torch_linear_kernel_init = nn.initializers.variance_scaling(
+    1 / 3, "fan_in", "uniform")
+
+
+def torch_linear_bias_init(fan_in: int):
+  bound = 1.0 / max(fan_in, 1) ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
 
 
 class FrameReduction(nn.Module):
@@ -37,14 +52,13 @@ class FrameReduction(nn.Module):
     relu: apply a ReLU after the BN.
     dtype: computation dtype.
     param_dtype: parameter dtype.
-    norm: BatchNorm constructor (functools.partial of nn.BatchNorm).
+    norm: BatchNorm constructor (default `common.BatchNorm`).
   """
   features: int
   relu: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  norm: ModuleDef = functools.partial(
-      nn.BatchNorm, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+  norm: ModuleDef = common.BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
@@ -71,57 +85,68 @@ class FrameReduction(nn.Module):
     return nn.relu(y) if self.relu else y
 
 
-class BNNeck(nn.Module):
-  """BN-neck head: f_t -> BN (no bias) -> f_i -> Dense (no bias) -> logits.
+class EmbeddingHead(nn.Module):
+  """Clip feature -> (embedding, {"features", "logits"}), BN-neck or linear.
 
   Attributes:
     num_classes: number of training identities; 0 builds no classifier.
+    neck: "bnneck" (Luo et al.) or "none" (a linear classifier on f_t).
+    neck_feat: with the BN-neck, retrieve with the feature "after" the BN
+      (f_i) or "before" it (f_t). Ignored without a neck.
     dtype: computation dtype (the models pass float32: the head is tiny and
       the logits feed a softmax).
     param_dtype: parameter dtype.
-    norm: BatchNorm constructor (functools.partial of nn.BatchNorm).
+    norm: BatchNorm constructor (default `common.BatchNorm`).
   """
   num_classes: int = 0
+  neck: str = "bnneck"
+  neck_feat: str = "after"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  norm: ModuleDef = functools.partial(
-      nn.BatchNorm, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+  norm: ModuleDef = common.BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, *,
-               train: bool) -> tuple[jax.Array, jax.Array | None]:
-    """Applies the neck.
+               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Applies the head.
 
     Args:
-      x: (B, D) global feature f_t.
+      x: (B, D) clip feature f_t.
       train: BN uses batch statistics when True.
 
     Returns:
-      (f_i, logits): (B, D) post-BN feature and (B, num_classes) logits, or
-      None for the logits when num_classes == 0.
+      (embedding (B, D), aux) all float32; aux has "features" (f_t, for the
+      triplet loss) and, when num_classes > 0, "logits" (B, num_classes).
     """
+    if self.neck not in NECKS:
+      raise ValueError(f"{self.name}: neck must be one of {NECKS}, got "
+                       f"{self.neck!r}.")
+    if self.neck_feat not in NECK_FEATS:
+      raise ValueError(f"neck_feat must be 'after' or 'before', got "
+                       f"{self.neck_feat!r}.")
     common.check_shape(x, (None, None), f"{self.name}: features (B, D)")
     dtype = common.resolve_dtype(self.dtype)
     param_dtype = common.resolve_dtype(self.param_dtype)
-    # Bias-free BN: Luo et al. freeze the BN shift so that the classifier's
-    # hyperplanes pass through the origin of f_i.
-    f_i = self.norm(use_running_average=not train, use_bias=False,
-                    dtype=dtype, param_dtype=param_dtype, name="bn")(x)
-    logits = None
-    if self.num_classes > 0:
-      # Luo et al. initialise the classifier with N(0, 0.001^2).
-      logits = nn.Dense(self.num_classes, use_bias=False,
-                        kernel_init=nn.initializers.normal(0.001),
-                        dtype=dtype, param_dtype=param_dtype,
-                        name="classifier")(f_i)
-    return f_i, logits
-
-
-def select_embedding(features: jax.Array, neck_features: jax.Array,
-                     neck_feat: str) -> jax.Array:
-  """Retrieval embedding: post-BN ("after") or pre-BN ("before") feature."""
-  if neck_feat == "after":
-    return neck_features
-  if neck_feat == "before":
-    return features
-  raise ValueError(f"neck_feat must be 'after' or 'before', got {neck_feat!r}.")
+    x = x.astype(jnp.float32)
+    aux = {"features": x}
+    if self.neck == "bnneck":
+      # Bias-free BN: Luo et al. freeze the BN shift so that the
+      # classifier's hyperplanes pass through the origin of f_i.
+      f_i = self.norm(use_running_average=not train, use_bias=False,
+                      dtype=dtype, param_dtype=param_dtype, name="bn")(x)
+      if self.num_classes > 0:
+        # Luo et al. initialise the classifier with N(0, 0.001^2).
+        aux["logits"] = nn.Dense(
+            self.num_classes, use_bias=False,
+            kernel_init=nn.initializers.normal(0.001), dtype=dtype,
+            param_dtype=param_dtype, name="classifier")(f_i)
+      embedding = f_i if self.neck_feat == "after" else x
+    else:
+      if self.num_classes > 0:
+        aux["logits"] = nn.Dense(
+            self.num_classes, kernel_init=torch_linear_kernel_init,
+            bias_init=torch_linear_bias_init(x.shape[-1]), dtype=dtype,
+            param_dtype=param_dtype, name="classifier")(x)
+      embedding = x
+    aux = {k: v.astype(jnp.float32) for k, v in aux.items()}
+    return embedding.astype(jnp.float32), aux

@@ -1,26 +1,23 @@
-"""Import of ImageNet ResNet weights (torchvision layout) into the backbone.
+"""Reading pretrained weight files and merging them into model variables.
 
-Supported files (downloaded by the user; nothing is fetched here):
+Architecture-free: each backbone module maps a file's names to its own
+(`resnet.load_torchvision`), and each model module's `load(variables, path,
+model_config)` decides which backbone receives what. Files are downloaded
+by the user; nothing is fetched here.
 
-* `.pth` / `.pt`: a torchvision state dict, read with
+Supported files:
+
+* `.pth` / `.pt`: a PyTorch state dict, read with
   `torch.load(path, map_location="cpu", weights_only=True)`, i.e. without
   executing pickled code. Needs torch; without it, convert the file once
   elsewhere to .safetensors or .npz.
 * `.safetensors`: read with `safetensors.numpy` when installed, else by the
   small reader below (8-byte little-endian header length, JSON header, raw
   little-endian buffers).
-* `.npz`: either torchvision state-dict keys (`layer1.0.conv1.weight`) or the
-  converted Flax backbone tree written by `python -m vreid_jax.import_weights`
-  (keys `params/layer1_0/conv1/kernel`, `batch_stats/bn1/mean`, ...).
-
-Conversion (torchvision -> Flax `backbone` subtree, see `resnet.py`):
-
-  conv1.weight (O, I, kh, kw)            -> params/conv1/kernel (kh, kw, I, O)
-  bn1.weight / bias                      -> params/bn1/scale / bias
-  bn1.running_mean / running_var         -> batch_stats/bn1/mean / var
-  layer{i}.{j}.conv{k}.*, .bn{k}.*       -> layer{i}_{j}/conv{k}, bn{k}
-  layer{i}.{j}.downsample.0.* / .1.*     -> layer{i}_{j}/downsample_conv / _bn
-  fc.*, *.num_batches_tracked            -> skipped
+* `.npz`: PyTorch state-dict keys, or a converted Flax tree with '/'-joined
+  keys starting with the collection (`params/layer1_0/conv1/kernel`,
+  `batch_stats/bn1/mean`, ...) as `python -m vreid_jax.import_weights`
+  writes.
 
 Missing, unexpected and shape-mismatched keys are all reported together, by
 name, in a `WeightImportError`.
@@ -30,29 +27,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from vreid_jax.models import resnet
-
-_SKIPPED = re.compile(r"^(fc\..*|.*num_batches_tracked)$")
-_BN_FIELDS = {
-    "weight": ("params", "scale"),
-    "bias": ("params", "bias"),
-    "running_mean": ("batch_stats", "mean"),
-    "running_var": ("batch_stats", "var"),
-}
-_COLLECTIONS = ("params", "batch_stats")
+COLLECTIONS = ("params", "batch_stats")
 
 
 class WeightImportError(ValueError):
-  """Weights do not fit the backbone; the message names every bad key."""
+  """Weights do not fit the model; the message names every bad key."""
 
 
 # ------------------------------------------------------------------ reading
@@ -133,20 +119,25 @@ def _read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return out
 
 
-def load_torchvision_resnet(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Loads a flat weight dict from .pth/.pt, .safetensors or .npz.
 
-  The result has torchvision state-dict keys (or, for an .npz written by
-  `python -m vreid_jax.import_weights`, '/'-joined Flax keys); a leading
-  "module." (DataParallel) is removed. Pass it to `merge_backbone`.
+  The keys are the file's own (a PyTorch state dict's, or '/'-joined Flax
+  keys); a leading "module." (DataParallel) is removed.
 
   Args:
     path: local file.
 
   Returns:
     key -> np.ndarray.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: an unknown extension or a corrupt file.
   """
   path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such weight file.")
   ext = os.path.splitext(path)[1].lower()
   if ext in (".pth", ".pt"):
     weights = _read_pth(path)
@@ -166,104 +157,12 @@ def load_torchvision_resnet(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return {k.removeprefix("module."): np.asarray(v) for k, v in weights.items()}
 
 
-# ------------------------------------------------------------- name mapping
+# ----------------------------------------------------------------- merging
 
 
-def _block_names(arch: str) -> list[str]:
-  stage_sizes, _ = resnet.arch_spec(arch)
-  return [f"layer{i + 1}.{j}" for i, n in enumerate(stage_sizes)
-          for j in range(n)]
-
-
-def torchvision_keys(arch: str) -> list[str]:
-  """Every torchvision state-dict key the backbone needs (no fc, no counts)."""
-  _, block = resnet.arch_spec(arch)
-  num_convs = 3 if block is resnet.Bottleneck else 2
-  bn = list(_BN_FIELDS)
-
-  keys = ["conv1.weight"] + [f"bn1.{f}" for f in bn]
-  for i, name in enumerate(_block_names(arch)):
-    for k in range(1, num_convs + 1):
-      keys.append(f"{name}.conv{k}.weight")
-      keys += [f"{name}.bn{k}.{f}" for f in bn]
-    if name.endswith(".0") and (block is resnet.Bottleneck or
-                                not name.startswith("layer1.")):
-      keys.append(f"{name}.downsample.0.weight")
-      keys += [f"{name}.downsample.1.{f}" for f in bn]
-  return keys
-
-
-def _flax_location(key: str) -> tuple[str, tuple[str, ...]] | None:
-  """torchvision key -> (collection, path in the backbone tree), or None."""
-  parts = key.split(".")
-  field = parts[-1]
-  mod = parts[:-1]
-  if len(mod) >= 2 and mod[0].startswith("layer"):
-    block = f"{mod[0]}_{mod[1]}"
-    rest = mod[2:]
-    if rest == ["downsample", "0"]:
-      layer = "downsample_conv"
-    elif rest == ["downsample", "1"]:
-      layer = "downsample_bn"
-    elif len(rest) == 1:
-      layer = rest[0]
-    else:
-      return None
-    path = (block, layer)
-  elif len(mod) == 1:
-    layer = mod[0]
-    path = (layer,)
-  else:
-    return None
-  if layer.startswith("conv") or layer == "downsample_conv":
-    return ("params", path + ("kernel",)) if field == "weight" else None
-  if layer.startswith("bn") or layer == "downsample_bn":
-    if field not in _BN_FIELDS:
-      return None
-    collection, leaf = _BN_FIELDS[field]
-    return collection, path + (leaf,)
-  return None
-
-
-def torchvision_to_flax(state_dict: Mapping[str, Any], *,
-                        arch: str) -> dict[str, dict[str, np.ndarray]]:
-  """Converts a torchvision ResNet state dict to flat Flax backbone weights.
-
-  Args:
-    state_dict: torchvision keys -> arrays.
-    arch: "resnet18", "resnet34", "resnet50" or "resnet101".
-
-  Returns:
-    {"params": {"layer1_0/conv1/kernel": ...}, "batch_stats": {...}} with
-    '/'-joined paths relative to the backbone and Flax layouts (HWIO).
-
-  Raises:
-    WeightImportError: keys the arch needs are missing or unknown keys are
-      present (every one named).
-  """
-  expected = set(torchvision_keys(arch))
-  given = {k for k in state_dict if not _SKIPPED.match(k)}
-  missing = sorted(expected - given)
-  unexpected = sorted(given - expected)
-  if missing or unexpected:
-    raise WeightImportError(_report(
-        f"torchvision {arch} state dict", missing, unexpected, []))
-  out = {c: {} for c in _COLLECTIONS}
-  for key in sorted(given):
-    collection, path = _flax_location(key)
-    value = np.asarray(state_dict[key])
-    if path[-1] == "kernel":
-      if value.ndim != 4:
-        raise WeightImportError(
-            f"{key}: expected a 4-d conv weight (O, I, kh, kw), got shape "
-            f"{value.shape}.")
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
-    out[collection]["/".join(path)] = value
-  return out
-
-
-def _report(what: str, missing: Iterable[str], unexpected: Iterable[str],
-            mismatched: Iterable[str]) -> str:
+def report(what: str, missing: Iterable[str], unexpected: Iterable[str],
+           mismatched: Iterable[str]) -> str:
+  """The WeightImportError message: every bad key, grouped."""
   lines = [f"Cannot load {what}:"]
   for title, items in (("missing", missing), ("unexpected", unexpected),
                        ("shape mismatch", mismatched)):
@@ -273,21 +172,19 @@ def _report(what: str, missing: Iterable[str], unexpected: Iterable[str],
   return "\n".join(lines)
 
 
-def _is_flax_flat(weights: Mapping[str, Any]) -> bool:
-  return any(k.split("/", 1)[0] in _COLLECTIONS for k in weights)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": x}} -> {"a/b": x}."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}/"))
+      out.update(flatten(v, f"{prefix}{k}/"))
     else:
       out[prefix + k] = v
   return out
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{"a/b": x} -> {"a": {"b": x}}."""
   out: dict[str, Any] = {}
   for k, v in flat.items():
     node = out
@@ -298,59 +195,82 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def flax_backbone_weights(weights: Mapping[str, Any], *,
-                          arch: str) -> dict[str, dict[str, np.ndarray]]:
-  """Returns {"params": flat, "batch_stats": flat} from either format."""
-  if _is_flax_flat(weights):
-    out = {c: {} for c in _COLLECTIONS}
-    unexpected = []
-    for k, v in weights.items():
-      collection, _, rest = k.partition("/")
-      if collection in out and rest:
-        out[collection][rest] = np.asarray(v)
-      else:
-        unexpected.append(k)
-    if unexpected:
-      raise WeightImportError(_report("Flax backbone weights", [],
-                                      sorted(unexpected), []))
-    return out
-  return torchvision_to_flax(weights, arch=arch)
+def to_dict(tree: Any) -> Any:
+  """A plain-dict copy of a (possibly frozen) nested mapping."""
+  if isinstance(tree, Mapping):
+    return {k: to_dict(v) for k, v in tree.items()}
+  return tree
 
 
-def merge_backbone(variables: Mapping[str, Any],
-                   weights: str | os.PathLike | Mapping[str, Any], *,
-                   arch: str) -> dict[str, Any]:
-  """Returns `variables` with the backbone's params and batch_stats replaced.
+def is_flax_flat(weights: Mapping[str, Any]) -> bool:
+  """Keys like "params/conv1/kernel" (a converted Flax tree)."""
+  return any(k.split("/", 1)[0] in COLLECTIONS for k in weights)
+
+
+def split_collections(weights: Mapping[str, Any], what: str
+                      ) -> dict[str, dict[str, np.ndarray]]:
+  """{"params/a/b": x, "batch_stats/c": y} -> {"params": {"a/b": x}, ...}."""
+  out = {c: {} for c in COLLECTIONS}
+  unexpected = []
+  for k, v in weights.items():
+    collection, _, rest = k.partition("/")
+    if collection in out and rest:
+      out[collection][rest] = np.asarray(v)
+    else:
+      unexpected.append(k)
+  if unexpected:
+    raise WeightImportError(report(what, [], sorted(unexpected), []))
+  return out
+
+
+def check_against(what: str, new: Mapping[str, Mapping[str, Any]],
+                  expected: Mapping[str, Mapping[str, tuple[int, ...]]]
+                  ) -> None:
+  """Raises WeightImportError unless `new` has exactly `expected`'s shapes."""
+  missing, unexpected, mismatched = [], [], []
+  for c in COLLECTIONS:
+    have, want = new.get(c, {}), expected.get(c, {})
+    missing += [f"{c}/{k}" for k in sorted(set(want) - set(have))]
+    unexpected += [f"{c}/{k}" for k in sorted(set(have) - set(want))]
+    mismatched += [
+        f"{c}/{k} (expected {tuple(want[k])}, file {np.shape(have[k])})"
+        for k in sorted(set(want) & set(have))
+        if tuple(np.shape(have[k])) != tuple(want[k])]
+  if missing or unexpected or mismatched:
+    raise WeightImportError(report(what, missing, unexpected, mismatched))
+
+
+def merge_subtree(variables: Mapping[str, Any], subtree: str,
+                  new: Mapping[str, Mapping[str, Any]], *,
+                  what: str) -> dict[str, Any]:
+  """Replaces `variables[c][subtree]` by `new[c]` for params and batch_stats.
 
   Args:
-    variables: model variables with "params"/"backbone" and
-      "batch_stats"/"backbone" subtrees (e.g. from `Model.init`).
-    weights: a path (.pth/.pt/.safetensors/.npz) or a flat dict, either a
-      torchvision state dict or '/'-joined Flax keys ("params/conv1/kernel").
-    arch: ResNet arch of the model ("resnet50", ...).
+    variables: model variables (not modified).
+    subtree: the top-level module whose variables are replaced (e.g.
+      "backbone").
+    new: {"params": flat, "batch_stats": flat} with '/'-joined keys relative
+      to the subtree.
+    what: what is loaded, for the message.
 
   Returns:
-    New variables (plain dicts; the input is not modified), every leaf cast
-    to the dtype of the leaf it replaces.
+    New plain-dict variables, every leaf cast to the dtype of the leaf it
+    replaces.
 
   Raises:
     WeightImportError: naming every missing, unexpected or shape-mismatched
-      key (in Flax names, relative to the backbone).
+      key; the subtree must be covered exactly.
   """
-  if isinstance(weights, (str, os.PathLike)):
-    weights = load_torchvision_resnet(weights)
-  weights = {k.removeprefix("module."): v for k, v in weights.items()}
-  new = flax_backbone_weights(weights, arch=arch)
-  variables = _to_dict(variables)  # A copy: the input is left untouched.
+  variables = to_dict(variables)
   missing, unexpected, mismatched = [], [], []
   merged = {}
-  for collection in _COLLECTIONS:
-    try:
-      current = _flatten(variables[collection]["backbone"])
-    except KeyError:
+  for collection in COLLECTIONS:
+    current = flatten(variables.get(collection, {}).get(subtree, {}))
+    if not current and collection == "params":
       raise WeightImportError(
-          f"variables have no {collection}/backbone subtree.") from None
-    given = new[collection]
+          f"Cannot load {what}: the model has no {collection}/{subtree} "
+          "subtree.")
+    given = new.get(collection, {})
     missing += [f"{collection}/{k}" for k in sorted(set(current) - set(given))]
     unexpected += [f"{collection}/{k}"
                    for k in sorted(set(given) - set(current))]
@@ -362,55 +282,9 @@ def merge_backbone(variables: Mapping[str, Any],
         k: jnp.asarray(given[k], dtype=current[k].dtype)
         for k in current if k in given}
   if missing or unexpected or mismatched:
-    raise WeightImportError(_report(f"{arch} weights into the backbone",
-                                    missing, unexpected, mismatched))
-  for collection in _COLLECTIONS:
-    variables[collection] = dict(variables[collection])
-    variables[collection]["backbone"] = _unflatten(merged[collection])
+    raise WeightImportError(report(what, missing, unexpected, mismatched))
+  for collection in COLLECTIONS:
+    if merged[collection]:
+      variables[collection] = dict(variables[collection])
+      variables[collection][subtree] = unflatten(merged[collection])
   return variables
-
-
-def _to_dict(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {k: _to_dict(v) for k, v in tree.items()}
-  return tree
-
-
-def backbone_shapes(arch: str, width: int) -> dict[str, dict[str, Any]]:
-  """Flat shapes of the backbone variables of `arch` at `width` (no compute)."""
-  model = resnet.ResNet(arch=arch, width=width)
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                         train=False))
-  return {c: {k: tuple(v.shape) for k, v in _flatten(shapes[c]).items()}
-          for c in _COLLECTIONS}
-
-
-def convert_file(path: str | os.PathLike, *,
-                 arch: str) -> dict[str, np.ndarray]:
-  """Reads a weight file and returns the checked, '/'-flattened Flax tree.
-
-  The width is read from `conv1.weight` (64 for torchvision's models) and
-  every shape is checked against the backbone `resnet.ResNet(arch, width)`.
-
-  Returns:
-    {"params/conv1/kernel": ..., "batch_stats/bn1/mean": ..., ...}.
-  """
-  new = flax_backbone_weights(load_torchvision_resnet(path), arch=arch)
-  stem = new["params"].get("conv1/kernel")
-  if stem is None:
-    raise WeightImportError(_report(str(path), ["params/conv1/kernel"], [], []))
-  expected = backbone_shapes(arch, int(stem.shape[-1]))
-  missing, unexpected, mismatched = [], [], []
-  for c in _COLLECTIONS:
-    missing += [f"{c}/{k}" for k in sorted(set(expected[c]) - set(new[c]))]
-    unexpected += [f"{c}/{k}" for k in sorted(set(new[c]) - set(expected[c]))]
-    mismatched += [
-        f"{c}/{k} (expected {expected[c][k]}, file {new[c][k].shape})"
-        for k in sorted(set(expected[c]) & set(new[c]))
-        if tuple(new[c][k].shape) != expected[c][k]]
-  if missing or unexpected or mismatched:
-    raise WeightImportError(_report(str(path), missing, unexpected,
-                                    mismatched))
-  return {f"{c}/{k}": np.asarray(v, np.float32)
-          for c in _COLLECTIONS for k, v in new[c].items()}

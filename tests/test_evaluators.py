@@ -1,9 +1,9 @@
-"""The trainer-side evaluator: twin-pair metric on hand-built features."""
+"""The motion-twin evaluator's twin-pair metric on hand-built features."""
 
 import numpy as np
 
-from vreid_jax.evaluation import model_eval
 from vreid_jax.evaluation import protocols
+from vreid_jax.evaluators import motion_twins
 
 
 def test_twin_pair_map_reads_only_the_pair():
@@ -16,7 +16,7 @@ def test_twin_pair_map_reads_only_the_pair():
   split = protocols.given_split(pids, np.arange(6) < 2)
   test = {"pid": pids, "camid": camids, "motion_twin": twin}
   kwargs = dict(metric="euclidean", normalize=False, ap="step", max_rank=5)
-  got = model_eval.ModelEvaluator._twin_pair_map(features, test, split, kwargs)  # pylint: disable=protected-access
+  got = motion_twins.twin_pair_map(features, test, split, kwargs)
   # Query 0 vs {row2 (d=1, +), row3 (d=9, -), row5 (d=20, +)}: AP = (1 + 2/3)/2.
   # Query 1 vs {row3 (d=1, +), row2 (d=9, -), row5 (d=10, -)}: AP = 1.
   # The pid-3 distractor at d=0.1 is outside the pair and never counts.

@@ -1,0 +1,154 @@
+"""Tracklet embeddings with the shared `embed_fn`, over the device mesh.
+
+`Embedder` owns the one jitted function every evaluator uses:
+
+    batch (uint8 clips, mask[, flow]) -> preprocess -> embed_fn -> (B, D)
+
+Test-time clips come from `pipeline.eval_batches_plan` (`EmbedPlan.mode`:
+the whole tracklet, dense clips, a clip at every frame or evenly sampled
+frames); the embeddings of a tracklet's clips are averaged.
+
+`EvalRound` embeds lazily and remembers, for one set of variables, what it
+embedded: evaluators that need the same tracklets with the same plan (e.g.
+the re-id metrics and the motion-twin metrics of one test set) share one
+embedding pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from vreid_jax import parallel
+from vreid_jax.input_pipeline import pipeline
+from vreid_jax.input_pipeline import preprocess as preprocess_lib
+
+MODES = ("all", "dense", "every_frame", "evenly")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedPlan:
+  """How test-time clips are cut and batched.
+
+  Attributes:
+    mode: "all", "dense", "every_frame" or "evenly"
+      (`pipeline.clip_plan`).
+    clip_len: T of the test clips (the minimum length bucket in "all").
+    batch_size: clips per global batch.
+    max_frames_per_device: frames one device embeds in one call (0 = no
+      cap). A whole tracklet ("all") longer than the cap is still one item:
+      the model needs it in one pass; such tracklets are counted in the log.
+  """
+  mode: str
+  clip_len: int
+  batch_size: int
+  max_frames_per_device: int = 0
+
+  @classmethod
+  def from_config(cls, cfg) -> EmbedPlan:
+    if cfg["mode"] not in MODES:
+      raise ValueError(f"eval mode must be one of {MODES}, got "
+                       f"{cfg['mode']!r}")
+    return cls(mode=cfg["mode"], clip_len=int(cfg["clip_len"]),
+               batch_size=int(cfg["batch_size"]),
+               max_frames_per_device=int(cfg.get("max_frames_per_device", 0)))
+
+
+def _embed_batch(variables, batch, *, embed_fn, spec):
+  return embed_fn(variables, preprocess_lib.preprocess(batch, spec))
+
+
+class Embedder:
+  """Embeds the tracklets of a dataset role with `embed_fn` (jitted once).
+
+  Attributes:
+    spec: the InputSpec (frame size, normalisation, flow).
+    mesh: the device mesh (batches sharded on "data").
+  """
+
+  def __init__(self, embed_fn: Callable[[Any, Mapping[str, Any]], Any],
+               spec: preprocess_lib.InputSpec, mesh, *, num_workers: int = 0,
+               num_threads: int = 2):
+    self.spec = spec
+    self.mesh = mesh
+    self.num_workers = num_workers
+    self.num_threads = num_threads
+    self._fn = jax.jit(
+        functools.partial(_embed_batch, embed_fn=embed_fn, spec=spec),
+        in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
+        out_shardings=parallel.data_sharded(mesh))
+
+  def batches(self, data: pipeline.ReidData, role: str,
+              plan: EmbedPlan) -> pipeline.EvalBatches:
+    """The eval batches of a role under `plan` (for this process)."""
+    tracklets = data.roles[role]
+    num_devices = self.mesh.devices.size
+    num_frames = tracklets.index["num_frames"]
+    batch_plan = pipeline.eval_batches_plan(
+        num_frames, plan.mode, plan.clip_len, plan.batch_size,
+        max_frames_per_device=plan.max_frames_per_device,
+        num_devices=num_devices)
+    if plan.max_frames_per_device and plan.mode == "all":
+      longest = max((b.clip_len for b in batch_plan), default=0)
+      over = int(np.sum(np.asarray(num_frames) > plan.max_frames_per_device))
+      if over:
+        logging.warning(
+            "%s/%s: %d tracklets are longer than max_frames_per_device=%d "
+            "and are embedded whole (up to %d frames per device)", data.name,
+            role, over, plan.max_frames_per_device, longest)
+    return pipeline.EvalBatches(
+        data.name, data.data_dir, tracklets.split, tracklets.records,
+        batch_plan, self.spec.height, self.spec.width,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(), with_flow=self.spec.with_flow)
+
+  def embed(self, variables, data: pipeline.ReidData, role: str,
+            plan: EmbedPlan) -> np.ndarray:
+    """(N, D) float32 embeddings of the role's tracklets, in record order."""
+    tracklets = data.roles[role]
+    batches = self.batches(data, role, plan)
+    sums = None
+    counts = np.zeros(len(tracklets), np.int64)
+    for local in pipeline.eval_iterator(batches,
+                                        num_workers=self.num_workers,
+                                        num_threads=self.num_threads):
+      position = local.pop("position")
+      batch = parallel.global_batch(local, self.mesh)
+      emb = parallel.fetch(self._fn(variables, batch))
+      position = parallel.fetch(
+          parallel.global_batch({"p": position}, self.mesh))["p"]
+      if sums is None:
+        sums = np.zeros((len(tracklets), emb.shape[-1]), np.float64)
+      keep = position >= 0
+      np.add.at(sums, position[keep], emb[keep])
+      np.add.at(counts, position[keep], 1)
+    if sums is None or (counts == 0).any():
+      raise RuntimeError(f"{data.name}/{role}: some tracklets received no "
+                         "clip")
+    return (sums / counts[:, None]).astype(np.float32)
+
+
+class EvalRound:
+  """One evaluation of one set of variables; embeddings are shared."""
+
+  def __init__(self, embedder: Embedder, variables):
+    self.embedder = embedder
+    self.variables = variables
+    self._memo: dict[tuple, np.ndarray] = {}
+
+  def features(self, data: pipeline.ReidData, role: str,
+               plan: EmbedPlan) -> np.ndarray:
+    records = data.roles[role].records
+    key = (data.name, data.data_dir, data.roles[role].split,
+           hashlib.sha1(np.ascontiguousarray(records).tobytes()).hexdigest(),
+           plan)
+    if key not in self._memo:
+      self._memo[key] = self.embedder.embed(self.variables, data, role, plan)
+    return self._memo[key]

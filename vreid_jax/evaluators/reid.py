@@ -1,0 +1,219 @@
+"""The re-identification evaluator: query vs gallery under a named protocol.
+
+  config.evals.reid = dict(
+      type="reid", every_steps=0,
+      dataset=dict(name="", config="", trial=-1, auto_build=False),  # '' = train
+      mode="dense", clip_len=8, batch_size=32, max_frames_per_device=1024,
+      protocol="given", metric="euclidean", normalize=False, ap="step",
+      max_rank=20, rerank=False, save_features=False, plots=True,
+      plot_queries=4, plot_top_k=8)
+
+Embeds the dataset's query and gallery tracklets with the shared embedding
+function (`embedder.EvalRound`), applies the protocol (`given`: the
+dataset's query set against its gallery set; `standard`, `with_queries`,
+`matlab`: the MARS gallery variants of `vreid_jax.evaluation.protocols`)
+and scores CMC, mAP (step or trapezoid AP) and mINP, with k-reciprocal
+re-ranking at the end when asked. The metric maths lives in
+`vreid_jax.evaluation`; this module only feeds it.
+
+After the final evaluation it can write `query_features.npz` /
+`gallery_features.npz` and the pictures `cmc.png`, `ranked_list_<i>.png`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from vreid_jax import evaluation
+from vreid_jax.evaluation import protocols
+from vreid_jax.evaluators import embedder as embedder_lib
+from vreid_jax.input_pipeline import augment
+from vreid_jax.input_pipeline import pipeline
+
+PROTOCOLS = ("given",) + tuple(protocols.MARS_GALLERY_VARIANTS)
+
+
+def test_set(data: pipeline.ReidData
+             ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The query-then-gallery tracklet arrays and the is-query mask."""
+  for role in ("query", "gallery"):
+    if role not in data.roles:
+      raise ValueError(f"dataset {data.name} has no {role} role to evaluate "
+                       "on")
+  q, g = data.roles["query"], data.roles["gallery"]
+  test = {k: np.concatenate([q.index[k], g.index[k]])
+          for k in ("pid", "camid", "is_junk")}
+  for k in ("motion_twin",):
+    if k in q.index and k in g.index:
+      test[k] = np.concatenate([q.index[k], g.index[k]])
+  return test, np.arange(len(q) + len(g)) < len(q)
+
+
+def protocol_split(data: pipeline.ReidData, protocol: str
+                   ) -> tuple[dict[str, np.ndarray], evaluation.Split]:
+  """The test set (query then gallery tracklets) and its protocol split.
+
+  given: the dataset's query set against its gallery set (junk: pid -1 and
+    tracklets flagged is_junk).
+  standard | with_queries | matlab: the MARS gallery variants
+    (`vreid_jax.evaluation.protocols.mars_split`), applied to the query and
+    gallery sets together: gallery minus queries minus junk (9,330 on MARS),
+    queries kept (11,310) or everything with the junk rules (12,180; the
+    official MATLAB code).
+  """
+  test, is_query = test_set(data)
+  if protocol == "given":
+    split = protocols.given_split(test["pid"], is_query,
+                                  name=f"{data.name}/given")
+  elif protocol in protocols.MARS_GALLERY_VARIANTS:
+    split = protocols.mars_split(test["pid"], test["camid"], is_query,
+                                 variant=protocol)
+  else:
+    raise ValueError(f"eval protocol must be one of {PROTOCOLS}, got "
+                     f"{protocol!r}")
+  split = split._replace(gallery_junk=split.gallery_junk
+                         | test["is_junk"][split.gallery])
+  return test, split
+
+
+class Evaluator:
+  """Re-id metrics of one dataset's query and gallery (module docstring)."""
+
+  def __init__(self, name: str, cfg, *, context):
+    self.name = name
+    self.cfg = cfg
+    self.every_steps = int(cfg.every_steps)
+    self.data = context.dataset(cfg.dataset)
+    self.plan = embedder_lib.EmbedPlan.from_config(cfg)
+    self.spec = context.embedder.spec
+    if cfg.ap not in evaluation.AP_DEFINITIONS:
+      raise ValueError(f"config.evals.{name}.ap must be one of "
+                       f"{evaluation.AP_DEFINITIONS}, got {cfg.ap!r}")
+    self.test, self.split = protocol_split(self.data, cfg.protocol)
+    self._check_positives()
+
+  def _check_positives(self) -> None:
+    """Fails before training if no query could ever be scored."""
+    test, split = self.test, self.split
+    qp, qc = test["pid"][split.query], test["camid"][split.query]
+    gp, gc = test["pid"][split.gallery], test["camid"][split.gallery]
+    ok = ~split.gallery_junk
+    has_positive = ((qp[:, None] == gp[None]) & (qc[:, None] != gc[None])
+                    & ok[None]).any(axis=1)
+    if not has_positive.any():
+      raise ValueError(
+          f"{self.data.name}: none of the {len(qp)} queries has a gallery "
+          f"positive in another camera under protocol {split.name} "
+          f"(config.evals.{self.name}.protocol): nothing can be evaluated")
+    if not has_positive.all():
+      logging.info("%d of %d queries have no positive under %s; they will "
+                   "be excluded from the averages and reported.",
+                   (~has_positive).sum(), len(qp), split.name)
+
+  def metric_kwargs(self) -> dict[str, Any]:
+    cfg = self.cfg
+    return dict(metric=cfg.metric, normalize=cfg.normalize, ap=cfg.ap,
+                max_rank=cfg.max_rank)
+
+  def features(self, round_: embedder_lib.EvalRound) -> np.ndarray:
+    """Query then gallery embeddings (rows of `self.test`)."""
+    return np.concatenate([
+        round_.features(self.data, "query", self.plan),
+        round_.features(self.data, "gallery", self.plan)])
+
+  def run(self, round_: embedder_lib.EvalRound, *, final: bool = False,
+          workdir: str | None = None) -> dict[str, Any]:
+    """Embeds query and gallery and returns the metrics dict."""
+    features = self.features(round_)
+    test, split, cfg = self.test, self.split, self.cfg
+    kwargs = self.metric_kwargs()
+    results = evaluation.evaluate_split(features, test["pid"], test["camid"],
+                                        split, **kwargs)
+    results["protocol"] = {"name": split.name, "ap": cfg.ap,
+                           "metric": cfg.metric,
+                           "normalize": bool(cfg.normalize),
+                           "mode": cfg.mode, "clip_len": cfg.clip_len,
+                           "num_gallery": int(len(split.gallery))}
+    if final and cfg.rerank:
+      rr = evaluation.evaluate_split(features, test["pid"], test["camid"],
+                                     split, rerank=True, **kwargs)
+      results["reranked"] = {k: rr[k] for k in ("mAP", "mINP", "cmc")}
+    if results["num_excluded_queries"]:
+      logging.info("%d of %d queries have no positive in the gallery under "
+                   "%s and are excluded from the averages.",
+                   results["num_excluded_queries"], results["num_queries"],
+                   split.name)
+    if final and workdir and jax.process_index() == 0:
+      nq = len(self.data.roles["query"])
+      if cfg.save_features:
+        for role, rows in (("query", np.arange(nq)),
+                           ("gallery", np.arange(nq, len(features)))):
+          np.savez(os.path.join(workdir, f"{role}_features.npz"),
+                   features=features[rows], pids=test["pid"][rows],
+                   camids=test["camid"][rows])
+      if cfg.plots:
+        self._plots(results, features, workdir)
+    return results
+
+  @staticmethod
+  def format(results: Mapping[str, Any]) -> str:
+    cmc = results["cmc"]
+    return (f"mAP={100 * results['mAP']:.2f}% "
+            + " ".join(f"R{k}={100 * v:.2f}%" for k, v in cmc.items())
+            + f" ({results['num_valid_queries']}/{results['num_queries']} "
+            "queries with a positive"
+            + (f", {results['protocol']['name']}" if "protocol" in results
+               else "") + ")")
+
+  @staticmethod
+  def scalars(results: Mapping[str, Any]) -> dict[str, float]:
+    out = {"mAP": results["mAP"]}
+    out.update({f"R{k}": v for k, v in results["cmc"].items()})
+    return out
+
+  def _plots(self, results, features, workdir: str) -> None:
+    """cmc.png and ranked_list_<i>.png (the papers' Fig. 7 style)."""
+    test, split = self.test, self.split
+    try:
+      from vreid_jax.evaluation import distances, plots  # pylint: disable=g-import-not-at-top
+      plots.plot_cmc(results["cmc_curve"], os.path.join(workdir, "cmc.png"))
+      num = self.cfg.plot_queries
+      if not num:
+        return
+      q_rows = split.query[:num]
+      dist = distances.pairwise_distances(
+          features[q_rows], features[split.gallery], metric=self.cfg.metric,
+          normalize=self.cfg.normalize)
+      for i, row in enumerate(q_rows):
+        order = np.argsort(dist[i], kind="stable")[:self.cfg.plot_top_k]
+        g_rows = split.gallery[order]
+        same = test["pid"][g_rows] == test["pid"][row]
+        same_cam = test["camid"][g_rows] == test["camid"][row]
+        junk = split.gallery_junk[order] | (same & same_cam)
+        plots.plot_ranked_lists(
+            self._frames(row), [self._frames(g) for g in g_rows],
+            is_match=same & ~junk, is_junk=junk,
+            path=os.path.join(workdir, f"ranked_list_{i}.png"),
+            title=(f"query pid {test['pid'][row]} cam {test['camid'][row]}"
+                   f" ({split.name})"),
+            labels=[f"pid {test['pid'][g]} cam {test['camid'][g]}"
+                    for g in g_rows])
+    except Exception as e:  # pylint: disable=broad-except
+      # Pictures must never lose a finished run's metrics.
+      logging.warning("could not write the evaluation pictures: %s", e)
+
+  def _frames(self, test_row: int, max_frames: int = 6) -> np.ndarray:
+    """Up to `max_frames` evenly spaced frames of a test-set tracklet."""
+    nq = len(self.data.roles["query"])
+    role = self.data.roles["query" if test_row < nq else "gallery"]
+    pos = test_row if test_row < nq else test_row - nq
+    frames = self.data.source(role.split)[int(role.records[pos])]["frames"]
+    idx = np.unique(np.linspace(0, len(frames) - 1, max_frames).astype(int))
+    return augment.decode_clip(frames, idx, self.spec.height,
+                               self.spec.width)
