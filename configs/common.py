@@ -77,7 +77,10 @@ def get_config() -> ml_collections.ConfigDict:
       num_ids_per_batch=8,          # P
       num_per_id=4,                 # K
       epoch_repeats=1,              # PK passes over the tracklets per epoch
+      pk_epoch="tracklets",         # tracklets | ids (each identity once)
       flip_prob=0.5, pad=10, erasing_prob=0.5,
+      translate_prob=0.0,           # Random2DTranslation (1.125x + crop)
+      augment_per_frame=False,      # independent draws per frame
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
       with_flow=False,              # also serve "flow" (data_prep/flow.py)
       flow_scale=0.05,              # flow pixels x this (+-20 px -> +-1)

@@ -47,3 +47,18 @@ def synthetic_data_dir(tmp_path_factory):
   builder = syn.SyntheticVideoReid(config="tiny", data_dir=str(data_dir))
   builder.download_and_prepare(file_format="array_record")
   return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def fake_mars_data_dir(tmp_path_factory):
+  """A TFDS data dir with `mars` built by data_prep/build.py from a fake
+  MARS tree (tests/fake_trees.py), shared by the configs' CLI tests."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import fake_trees  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("fake_mars")
+  fake_trees.make_mars_tree(str(root / "manual"))
+  subprocess.run([sys.executable, "data_prep/build.py", "--dataset=mars",
+                  f"--manual_dir={root / 'manual'}",
+                  f"--data_dir={root / 'tfds'}"], cwd=ROOT, check=True,
+                 capture_output=True, timeout=300)
+  return str(root / "tfds")

@@ -9,8 +9,6 @@ import time
 
 import pytest
 
-import fake_trees
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -51,27 +49,36 @@ def test_sigkill_then_rerun_resumes_with_identical_metrics(
   assert got["step"] == want["step"] == 8
 
 
-def test_gltr_mars_runlocal_on_a_fake_mars_tree(tmp_path):
-  fake_trees.make_mars_tree(str(tmp_path / "manual"))
-  data_dir = tmp_path / "tfds"
-  subprocess.run([sys.executable, "data_prep/build.py", "--dataset=mars",
-                  f"--manual_dir={tmp_path / 'manual'}",
-                  f"--data_dir={data_dir}"], cwd=ROOT, check=True,
-                 capture_output=True, timeout=300)
-  workdir = tmp_path / "gltr"
+def _runlocal(config, workdir, data_dir, *flags):
+  """`python -m vreid_jax.main` on one CPU device, as on a user's laptop."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = ""  # One CPU device, as on a user's laptop.
+  env["XLA_FLAGS"] = ""
   out = subprocess.run(
-      [sys.executable, "-m", "vreid_jax.main",
-       "--config=configs/gltr_mars.py:runlocal", f"--workdir={workdir}",
-       f"--config.data_dir={data_dir}", "--config.num_steps=4"],
+      [sys.executable, "-m", "vreid_jax.main", f"--config={config}",
+       f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+       "--config.num_steps=4", *flags],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  metrics = json.loads((workdir / "metrics.json").read_text())
+  return json.loads((workdir / "metrics.json").read_text())
+
+
+def test_gltr_mars_runlocal_on_a_fake_mars_tree(fake_mars_data_dir,
+                                                tmp_path):
+  metrics = _runlocal("configs/gltr_mars.py:runlocal", tmp_path / "gltr",
+                      fake_mars_data_dir)
   assert metrics["protocol"]["name"] == "mars/matlab"
   assert metrics["protocol"]["ap"] == "trapezoid"
   assert 0.0 <= metrics["mAP"] <= 1.0
-  assert os.listdir(workdir / "checkpoints")
+  assert os.listdir(tmp_path / "gltr" / "checkpoints")
+
+
+def test_gao_mars_runlocal_on_a_fake_mars_tree(fake_mars_data_dir, tmp_path):
+  """The paper's best row; every row was run this way by hand (README)."""
+  metrics = _runlocal("configs/gao_mars.py:ta,runlocal", tmp_path / "gao",
+                      fake_mars_data_dir)
+  assert metrics["protocol"]["name"] == "mars/standard"
+  assert metrics["protocol"]["ap"] == "step"
+  assert 0.0 <= metrics["mAP"] <= 1.0
 
 
 def test_aggregate_trials(tmp_path):

@@ -98,3 +98,19 @@ def test_variants_parser():
                                 "tp_avg,runlocal"]
   with pytest.raises(ValueError, match="used twice"):
     config_utils.Variants(rows=("runlocal",))
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_summary_cli_works_for_every_config(name, capsys):
+  """`python -m vreid_jax.summary` on every config (its small variant)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from vreid_jax import summary  # pylint: disable=g-import-not-at-top
+  module = MODULES[name]
+  flag = next((f for f in ("runlocal", "tiny") if f in module.VARIANTS.flags),
+              "")
+  summary.main([f"--config={os.path.join(ROOT, 'configs', name)}:{flag}",
+                "--num_classes=3", "--json"])
+  got = json.loads(capsys.readouterr().out)
+  assert got["params"] == sum(got["params_by_module"].values()) > 0
+  assert got["embedding_dim"] > 0 and got["flops_per_clip"] > 0
+  assert got["aux"]["logits"][-1] == 3

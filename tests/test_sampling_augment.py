@@ -159,3 +159,59 @@ def test_preprocess_normalises_and_dequantises():
   np.testing.assert_allclose(inputs["flow"][..., 1], -1.0, atol=0.2 / 20)
   spec = preprocess.InputSpec(height=2, width=2, clip_len=1)
   assert set(preprocess.preprocess(batch, spec)) == {"clips", "mask"}
+
+
+def test_pk_plan_ids_visits_every_identity_once():
+  """Gao's sampler: an epoch is every identity once, K tracklets each."""
+  pids = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+  plan = sampling.pk_epoch_plan_ids(pids, p=4, k=3,
+                                    rng=np.random.default_rng(0))
+  assert plan.shape == (2, 12)                       # 10 // 4 batches.
+  ids = pids[plan].reshape(2, 4, 3)
+  assert (ids == ids[..., :1]).all()
+  assert len(np.unique(ids[..., 0])) == 8            # Never an id twice.
+  for row in plan.reshape(-1, 3):
+    n = (pids == pids[row[0]]).sum()
+    if n >= 3:
+      assert len(set(row)) == 3                      # Without replacement.
+  plan = sampling.pk_epoch_plan_ids(np.array([0, 0, 1, 1]), p=2, k=4,
+                                    rng=np.random.default_rng(1))
+  assert plan.shape == (1, 8) and len(set(plan[0, :4])) <= 2  # Duplicates.
+  with pytest.raises(ValueError, match="num_ids_per_batch"):
+    sampling.pk_epoch_plan_ids(np.array([0, 1]), p=3, k=1,
+                               rng=np.random.default_rng(0))
+
+
+def test_random_2d_translation_and_per_frame_draws():
+  clip = np.zeros((6, 16, 8, 3), np.uint8)
+  clip[:, 8, 4] = 255                                 # One bright pixel.
+  cfg = augment.AugmentConfig(height=16, width=8, translate=1.0)
+  rng = np.random.default_rng(0)
+  moved = [augment.augment_clip(clip, cfg, rng) for _ in range(8)]
+  for out in moved:
+    assert out.shape == clip.shape
+    peaks = [np.unravel_index(f[..., 0].argmax(), f.shape[:2]) for f in out]
+    assert len(set(peaks)) == 1                       # One draw per clip.
+  positions = {np.unravel_index(o[0, ..., 0].argmax(), (16, 8))
+               for o in moved}
+  assert len(positions) > 1                           # It does translate.
+  # Per-frame draws (the authors' code): frames of a clip differ.
+  per_frame = augment.AugmentConfig(height=16, width=8, translate=1.0,
+                                    flip=0.5, per_frame=True)
+  out = augment.augment_clip(clip, per_frame, np.random.default_rng(1))
+  peaks = {np.unravel_index(f[..., 0].argmax(), f.shape[:2]) for f in out}
+  assert len(peaks) > 1
+  # Flow follows each frame's own draw: a flip negates its x displacement.
+  from vreid_jax.input_pipeline import flow as flow_lib  # pylint: disable=g-import-not-at-top
+  flow = flow_lib.quantize(np.broadcast_to(np.array([4.0, 0.0]),
+                                           (6, 16, 8, 2)))
+  flip_only = augment.AugmentConfig(height=16, width=8, flip=0.5,
+                                    per_frame=True)
+  rgb = np.arange(6 * 16 * 8 * 3, dtype=np.uint8).reshape(6, 16, 8, 3)
+  out_rgb, out_flow = augment.augment_clip(rgb, flip_only,
+                                           np.random.default_rng(3),
+                                           flow=flow)
+  for f_rgb, f_rgb0, f_flow in zip(out_rgb, rgb, out_flow):
+    flipped = np.array_equal(f_rgb, f_rgb0[:, ::-1])
+    x = flow_lib.dequantize(f_flow)[..., 0].mean()
+    assert (x < 0) == flipped

@@ -44,7 +44,7 @@ from vreid_jax import losses as losses_lib
 from vreid_jax import models as models_lib
 from vreid_jax import optim
 from vreid_jax import parallel
-from vreid_jax import summary as summary_lib
+from vreid_jax import summary_writer as summary_lib
 from vreid_jax.evaluators import embedder as embedder_lib
 from vreid_jax.input_pipeline import pipeline
 from vreid_jax.input_pipeline import preprocess as preprocess_lib

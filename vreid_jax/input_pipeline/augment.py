@@ -2,6 +2,14 @@
 
 One random draw is applied to every frame of a clip, so a clip stays a
 coherent video: the same flip, the same translation, the same erased box.
+`per_frame=True` draws for every frame independently instead (what Gao &
+Nevatia's code does, torchvision transforms applied image by image).
+
+Translation comes in two forms: `pad` (zero-pad by p pixels, crop back at a
+random offset) and `translate` (torchreid's Random2DTranslation: with
+probability `translate`, enlarge the frame 1.125x and crop a random H x W
+window; otherwise leave it). We enlarge the already resized frame (one more
+bilinear resample than torchreid, which enlarges the original image).
 
 The pipeline emits uint8 clips; normalisation ((x / 255 - mean) / std) runs
 on the accelerator inside the jitted step (`normalize`), which keeps host
@@ -36,6 +44,9 @@ class AugmentConfig:
     erasing_area: (min, max) erased fraction of the frame.
     erasing_aspect: (min, max) aspect ratio of the erased box.
     mean: RGB mean in [0, 1] used to fill erased boxes and padding.
+    translate: Random2DTranslation probability (0 = off).
+    translate_scale: the enlargement of Random2DTranslation (1.125).
+    per_frame: an independent draw for every frame (not clip-consistent).
   """
   height: int
   width: int
@@ -45,6 +56,9 @@ class AugmentConfig:
   erasing_area: tuple[float, float] = (0.02, 0.4)
   erasing_aspect: tuple[float, float] = (0.3, 3.33)
   mean: tuple[float, float, float] = IMAGENET_MEAN
+  translate: float = 0.0
+  translate_scale: float = 1.125
+  per_frame: bool = False
 
 
 def decode_resize(data: bytes, height: int, width: int) -> np.ndarray:
@@ -92,6 +106,15 @@ def augment_clip(clip: np.ndarray, cfg: AugmentConfig,
   Returns:
     (T, H, W, 3) uint8, or (clip, flow) when flow is given.
   """
+  if cfg.per_frame and len(clip) > 1:
+    single = dataclasses.replace(cfg, per_frame=False)
+    outs = [augment_clip(clip[i:i + 1], single, rng,
+                         None if flow is None else flow[i:i + 1])
+            for i in range(len(clip))]
+    if flow is None:
+      return np.concatenate(outs)
+    return (np.concatenate([o[0] for o in outs]),
+            np.concatenate([o[1] for o in outs]))
   t, h, w, _ = clip.shape
   fill = np.round(np.asarray(cfg.mean) * 255).astype(np.uint8)
   zero_motion = np.array([128, 128], np.uint8)
@@ -100,6 +123,15 @@ def augment_clip(clip: np.ndarray, cfg: AugmentConfig,
     if flow is not None:
       flow = flow[:, :, ::-1].copy()
       flow[..., 0] = 255 - flow[..., 0]  # f -> -f in the uint8 encoding.
+  if cfg.translate and rng.uniform() < cfg.translate:
+    bh = int(round(h * cfg.translate_scale))
+    bw = int(round(w * cfg.translate_scale))
+    y0 = int(rng.integers(0, bh - h + 1))
+    x0 = int(rng.integers(0, bw - w + 1))
+    clip = np.stack([_resize(f, bh, bw)[y0:y0 + h, x0:x0 + w] for f in clip])
+    if flow is not None:
+      flow = np.stack([_resize_flow(f, bh, bw)[y0:y0 + h, x0:x0 + w]
+                       for f in flow])
   if cfg.pad:
     p = cfg.pad
     y, x = rng.integers(0, 2 * p + 1, size=2)
@@ -119,6 +151,24 @@ def augment_clip(clip: np.ndarray, cfg: AugmentConfig,
   if flow is None:
     return clip
   return clip, np.ascontiguousarray(flow)
+
+
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(h, w, 3) uint8 -> (height, width, 3), bilinear."""
+  return np.asarray(Image.fromarray(frame).resize((width, height),
+                                                  Image.BILINEAR))
+
+
+def _resize_flow(q: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Quantised flow (h, w, 2) resized, its displacements scaled with it."""
+  from vreid_jax.input_pipeline import flow as flow_lib  # pylint: disable=g-import-not-at-top
+  h0, w0 = q.shape[:2]
+  f = flow_lib.dequantize(q)
+  chans = [np.asarray(Image.fromarray(f[..., c]).resize((width, height),
+                                                        Image.BILINEAR))
+           for c in range(2)]
+  f = np.stack(chans, -1) * np.array([width / w0, height / h0], np.float32)
+  return flow_lib.quantize(f)
 
 
 def _pad_crop(x: np.ndarray, p: int, y0: int, x0: int,

@@ -202,6 +202,7 @@ class TrainSpec:
   augment: augment.AugmentConfig
   seed: int
   epoch_repeats: int = 1
+  pk_epoch: str = "tracklets"
   with_flow: bool = False
   process_index: int = 0
   process_count: int = 1
@@ -242,10 +243,14 @@ class TrainBatches:
     that an epoch sees about as many samples as there are frames).
     """
     s = self.spec
+    if s.pk_epoch not in sampling.PK_EPOCHS:
+      raise ValueError(f"config.input.pk_epoch must be one of "
+                       f"{sampling.PK_EPOCHS}, got {s.pk_epoch!r}")
+    plan_fn = (sampling.pk_epoch_plan if s.pk_epoch == "tracklets"
+               else sampling.pk_epoch_plan_ids)
     return np.concatenate([
-        sampling.pk_epoch_plan(
-            np.asarray(s.pids), s.num_ids_per_batch, s.num_per_id,
-            np.random.default_rng([s.seed, 7, epoch, r]))
+        plan_fn(np.asarray(s.pids), s.num_ids_per_batch, s.num_per_id,
+                np.random.default_rng([s.seed, 7, epoch, r]))
         for r in range(s.epoch_repeats)])
 
   @property
@@ -314,7 +319,9 @@ def make_train_spec(data: ReidData, config, *, process_index: int = 0,
   inp = config.input
   aug = augment.AugmentConfig(
       height=inp.height, width=inp.width, flip=inp.flip_prob,
-      pad=inp.pad, erasing=inp.erasing_prob, mean=tuple(inp.mean))
+      pad=inp.pad, erasing=inp.erasing_prob, mean=tuple(inp.mean),
+      translate=inp.get("translate_prob", 0.0),
+      per_frame=inp.get("augment_per_frame", False))
   return TrainSpec(
       name=data.name, data_dir=data.data_dir, split=train.split,
       records=tuple(int(r) for r in train.records),
@@ -325,6 +332,7 @@ def make_train_spec(data: ReidData, config, *, process_index: int = 0,
       num_ids_per_batch=inp.num_ids_per_batch, num_per_id=inp.num_per_id,
       clip_len=inp.clip_len, clip_sampling=inp.clip_sampling, augment=aug,
       seed=config.seed, epoch_repeats=inp.epoch_repeats,
+      pk_epoch=inp.get("pk_epoch", "tracklets"),
       with_flow=inp.with_flow,
       process_index=process_index,
       process_count=process_count)

@@ -8,7 +8,12 @@ identities with K tracklets each. An epoch plan is built the way the common
 ReID samplers build it: every identity's tracklets are shuffled (sampled with
 replacement when it has fewer than K) and cut into chunks of K; batches then
 draw P distinct identities that still have chunks. An epoch ends when fewer
-than P identities have chunks left.
+than P identities have chunks left (`pk_epoch_plan`, `input.pk_epoch =
+"tracklets"`: about N / (P K) batches for N tracklets). The older sampler
+of deep-person-reid, which Gao & Nevatia's code uses, visits every identity
+once per epoch instead, with K of its tracklets (`pk_epoch_plan_ids`,
+`input.pk_epoch = "ids"`: num_ids // P batches, 78 on MARS with P = 8): the
+same batches, a different unit for "epoch".
 
 Clip sampling (`sample_clip`), T frames from a tracklet of L frames:
   consecutive: T consecutive frames from a uniformly random start; a tracklet
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 CLIP_MODES = ("consecutive", "evenly", "restricted")
+PK_EPOCHS = ("tracklets", "ids")
 
 
 def pk_epoch_plan(pids: np.ndarray, p: int, k: int,
@@ -66,6 +72,34 @@ def pk_epoch_plan(pids: np.ndarray, p: int, k: int,
     batches.append(np.concatenate([chunks[pid].pop() for pid in chosen_pids]))
     available = [pid for pid in available if chunks[pid]]
   return np.stack(batches).astype(np.int64)
+
+
+def pk_epoch_plan_ids(pids: np.ndarray, p: int, k: int,
+                      rng: np.random.Generator) -> np.ndarray:
+  """Every identity once per epoch: (num_ids // p, p*k) positions.
+
+  Identities are shuffled and grouped P at a time (the last incomplete group
+  is dropped); each draws K of its tracklets, without replacement when it
+  has at least K, with replacement otherwise.
+
+  Raises:
+    ValueError: fewer than p identities.
+  """
+  pids = np.asarray(pids)
+  unique = np.unique(pids)
+  if len(unique) < p:
+    raise ValueError(
+        f"the training set has {len(unique)} identities, fewer than "
+        f"input.num_ids_per_batch (P) = {p}: lower it with "
+        f"--config.input.num_ids_per_batch={len(unique)} or less")
+  order = rng.permutation(unique)
+  rows = []
+  for pid in order:
+    members = np.flatnonzero(pids == pid)
+    rows.append(rng.choice(members, size=k, replace=len(members) < k))
+  n = len(rows) // p
+  return np.stack([np.concatenate(rows[i * p:(i + 1) * p])
+                   for i in range(n)]).astype(np.int64)
 
 
 def sample_clip(num_frames: int, clip_len: int, mode: str,

@@ -40,6 +40,20 @@ BN_EPSILON = 1e-5
 BatchNorm = functools.partial(nn.BatchNorm, momentum=BN_MOMENTUM,
                               epsilon=BN_EPSILON)
 
+# PyTorch's default init of Linear and Conv layers (kaiming_uniform with
+# a=sqrt(5)): U(+-1/sqrt(fan_in)) for the weight, and for the bias with the
+# layer's fan_in (kernel size x input channels).
+torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in",
+                                                     "uniform")
+
+
+def torch_bias_init(fan_in: int):
+  """U(+-1/sqrt(fan_in)), PyTorch's default bias init."""
+  bound = 1.0 / max(int(fan_in), 1) ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+
+
 _DTYPES = {
     "float32": jnp.float32,
     "f32": jnp.float32,

@@ -84,8 +84,16 @@ class FramewiseModel(nn.Module):
     return ()
 
   def aggregator(self) -> nn.Module:
-    """The module that pools (B, T, D) into the clip feature."""
+    """The module that pools into the clip feature (named as in the paper;
+    parameter-free pools need no name)."""
     return temporal.AvgPool()
+
+  def aggregator_input(self, h: jax.Array, maps: jax.Array) -> jax.Array:
+    """What the aggregator reads: the sequence layers' output (B, T, D) by
+    default; an aggregator that needs the frames' feature maps (B, T, h, w,
+    C), e.g. Gao & Nevatia's temporal attention, overrides this."""
+    del maps
+    return h
 
   @property
   def compute_dtype(self):
@@ -101,7 +109,8 @@ class FramewiseModel(nn.Module):
     # The encoder's `backbone` and `reduction` live at the top of our tree.
     nn.share_scope(self, self.encoder)
     self.layers = tuple(self.temporal_layers())
-    self.pool = self.aggregator()
+    # In a tuple, the aggregator keeps the name it was created with.
+    self.pooling = (self.aggregator(),)
     self.head = heads.EmbeddingHead(
         self.num_classes, neck=self.neck, neck_feat=self.neck_feat,
         dtype=jnp.float32, param_dtype=param_dtype)
@@ -123,14 +132,15 @@ class FramewiseModel(nn.Module):
     clips, mask, flow = common.read_inputs(inputs, name, flow=self.use_flow)
     b, t = clips.shape[:2]
     full_mask = common.frame_mask(mask, b, t)
-    frames, _ = self.encoder(clips, mask, train=train, flow=flow)
+    frames, maps = self.encoder(clips, mask, train=train, flow=flow)
     aux = {"frame_features": frames.astype(jnp.float32)}
     h = frames
     for layer in self.layers:
       h, extra = layer(h, full_mask, train=train)
       aux[layer.name] = h.astype(jnp.float32)
       aux.update(extra)
-    features, extra = self.pool(h, full_mask, train=train)
+    features, extra = self.pooling[0](self.aggregator_input(h, maps),
+                                      full_mask, train=train)
     aux.update(extra)
     embedding, head_aux = self.head(features, train=train)
     aux.update(head_aux)

@@ -33,17 +33,6 @@ ModuleDef = Any
 NECKS = ("bnneck", "none")
 NECK_FEATS = ("after", "before")
 
-# torch.nn.Linear's default init: U(+-1/sqrt(fan_in)) for weight and bias.
-torch_linear_kernel_init = nn.initializers.variance_scaling(
-    1 / 3, "fan_in", "uniform")
-
-
-def torch_linear_bias_init(fan_in: int):
-  bound = 1.0 / max(fan_in, 1) ** 0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
-
-
 class FrameReduction(nn.Module):
   """Per-frame reduction: Dense (no bias) -> BatchNorm [-> ReLU].
 
@@ -144,8 +133,8 @@ class EmbeddingHead(nn.Module):
     else:
       if self.num_classes > 0:
         aux["logits"] = nn.Dense(
-            self.num_classes, kernel_init=torch_linear_kernel_init,
-            bias_init=torch_linear_bias_init(x.shape[-1]), dtype=dtype,
+            self.num_classes, kernel_init=common.torch_kernel_init,
+            bias_init=common.torch_bias_init(x.shape[-1]), dtype=dtype,
             param_dtype=param_dtype, name="classifier")(x)
       embedding = x
     aux = {k: v.astype(jnp.float32) for k, v in aux.items()}

@@ -345,13 +345,17 @@ def _flax_location(key: str) -> tuple[str, tuple[str, ...]] | None:
   return None
 
 
-def torchvision_to_flax(state_dict: Mapping[str, Any], *,
-                        arch: str) -> dict[str, dict[str, np.ndarray]]:
+def torchvision_to_flax(state_dict: Mapping[str, Any], *, arch: str,
+                        kernel_ndim: int = 2
+                        ) -> dict[str, dict[str, np.ndarray]]:
   """Converts a torchvision ResNet state dict to flat Flax backbone weights.
 
   Args:
     state_dict: torchvision keys -> arrays.
     arch: "resnet18", "resnet34", "resnet50" or "resnet101".
+    kernel_ndim: spatial dimensions of the conv kernels: 2 (torchvision,
+      (O, I, kh, kw) -> (kh, kw, I, O)) or 3 (Hara's 3D ResNets, (O, I, kt,
+      kh, kw) -> (kt, kh, kw, I, O)); the key names are the same.
 
   Returns:
     {"params": {"layer1_0/conv1/kernel": ...}, "batch_stats": {...}} with
@@ -373,11 +377,13 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], *,
     collection, path = _flax_location(key)
     value = np.asarray(state_dict[key])
     if path[-1] == "kernel":
-      if value.ndim != 4:
+      if value.ndim != kernel_ndim + 2:
         raise weights_lib.WeightImportError(
-            f"{key}: expected a 4-d conv weight (O, I, kh, kw), got shape "
+            f"{key}: expected a {kernel_ndim + 2}-d conv weight (O, I, "
+            f"{'kt, ' if kernel_ndim == 3 else ''}kh, kw), got shape "
             f"{value.shape}.")
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
+      # OI(T)HW -> (T)HWIO.
+      value = value.transpose(tuple(range(2, kernel_ndim + 2)) + (1, 0))
     out[collection]["/".join(path)] = value
   return out
 

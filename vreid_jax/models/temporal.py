@@ -87,3 +87,39 @@ class TemporalPyramidPool(nn.Module):
     del train
     common.check_shape(x, (None, None, None), f"{self.name}: x (B, T, d)")
     return temporal_pyramid_pool(x, mask, tuple(self.bins)), {}
+
+
+class MaxPool(nn.Module):
+  """Temporal max pooling over the real frames (Gao & Nevatia, Table 2)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+               train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    del train
+    common.check_shape(x, (None, None, None), f"{self.name}: x (B, T, d)")
+    x = x.astype(jnp.float32)
+    mask = common.frame_mask(mask, x.shape[0], x.shape[1])
+    masked = jnp.where(mask[..., None], x, -jnp.inf)
+    # A row without a real frame gives 0, like the other aggregators.
+    return jnp.where(mask.any(axis=1)[:, None], masked.max(axis=1), 0.0), {}
+
+
+def last_real(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """x (B, T, ...) at each row's last real frame (index T-1 without a mask)."""
+  b, t = x.shape[:2]
+  mask = common.frame_mask(mask, b, t)
+  index = jnp.max(jnp.where(mask, jnp.arange(t)[None, :], 0), axis=1)
+  return jnp.take_along_axis(
+      x, index.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+
+
+class LastPool(nn.Module):
+  """The feature at the last real frame: an RNN's final hidden state h_T
+  (Gao & Nevatia, Table 6)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+               train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    del train
+    common.check_shape(x, (None, None, None), f"{self.name}: x (B, T, d)")
+    return last_real(x.astype(jnp.float32), mask), {}
