@@ -1,27 +1,33 @@
 r"""Every temporal model of the codebase under one protocol, synthetic data.
 
 Each entry names a model by its config (a paper row) plus the fields that
-select a variant; the benchmark keeps that model and replaces everything
-else by one protocol: the same frame network (ResNet-18, width 16, last
-stride 1, on 64 x 32 frames), the same data (`synthetic_video_reid/small`
-by default), the same budget (steps, Adam 1e-3 with a cosine decay,
-P = 8 x K = 2, 8-frame consecutive clips; the image baseline trains on
-single frames), the same losses (label-smoothed cross-entropy + batch-hard
-triplet) and the same evaluation (dense 8-frame test clips, the re-id and
-motion-twin evaluators). GLTR's frame features keep their reduction
-(d = 64), Gao's family the raw pooled feature, and each paper keeps its own
-head.
+select a variant; the benchmark keeps that model and takes everything else
+from one protocol, `configs/motion_twins.py`: the same frame network
+(ResNet-18, width 16, last stride 1, on 64 x 32 frames; Hara's 3D ResNet-18
+at width 16 for the 3D CNN), the same data (`synthetic_video_reid/motion`,
+where every identity has an appearance twin that walks at another cadence),
+the same budget (800 steps of PK batches, 8 identities x 2 clips of 4
+frames with twins in the same batch, Adam 3e-3 with a cosine decay), the
+same losses (label-smoothed cross-entropy + batch-hard triplet) and head
+(BN-neck), and the same evaluation (dense 4-frame test clips; the re-id,
+motion-twin and attention-vs-occlusion evaluators). GLTR's frame features
+keep their reduction (d = 64); the image baseline trains on single frames.
+Controls: average pooling, and the 3D CNN on frame-shuffled clips.
 
-  python benchmarks/compare_temporal.py --steps=400 --seeds=0 \
+  python benchmarks/compare_temporal.py --seeds=0,1,2 \
       --workdir=/tmp/compare --out=/tmp/compare/out
-  python benchmarks/compare_temporal.py --models=gltr,gao_ta --steps=50
+  python benchmarks/compare_temporal.py --models=gltr,gao_c3d --steps=50
 
-Writes `<out>/compare_temporal.md` (mean +- std over the seeds of mAP, R1,
-motion-twin mAP and twin-pair mAP: each twin query against only its own and
-its twin's tracklets, 50 = chance), `<out>/compare_temporal.json` and
+Writes `<out>/compare_temporal.md` (mean +- sample std over the seeds of
+mAP, R1, motion-twin mAP, twin-pair mAP (each twin query against only its
+own and its twin's tracklets, 50 = chance) and, for models that weight
+frames, the mean attention weight of occluded and of clean test frames
+relative to uniform), `<out>/compare_temporal.json` and
 `<out>/compare_temporal.png` (overall mAP against twin-pair mAP, one point
 per model with error bars), and prints the table. A model's run is reused
-when its workdir already has metrics.json for the same steps.
+when its workdir already has metrics.json for the same steps. Entries that
+read optical flow run only when the dataset's flow store exists
+(data_prep/flow.py) and are marked [flow].
 """
 
 import argparse
@@ -39,7 +45,8 @@ import numpy as np
 
 from vreid_jax import config_utils
 
-# key -> (label, config[:row], model fields selecting the variant).
+# key -> (label, config[:row], model fields selecting the variant[, other
+# config overrides]).
 ENTRIES = {
     "avg": ("avg pooling (baseline)", "configs/gltr_mars.py",
             {"temporal": "avg"}),
@@ -68,18 +75,45 @@ ENTRIES = {
                       "configs/gao_mars.py:rnn_final", {}),
     "gao_gru": ("Gao: GRU, output mean", "configs/gao_mars.py:gru", {}),
     "gao_c3d": ("Gao: 3D ResNet-18", "configs/gao_mars.py:c3d", {}),
+    "gao_c3d_shuffled": ("control: Gao 3D ResNet-18, frame-shuffled clips",
+                         "configs/gao_mars.py:c3d", {},
+                         {"input.shuffle_frames": True}),
+    "flow_avg": ("avg pooling + flow stem (STAR eq. 2) [flow]",
+                 "configs/gltr_mars.py", {"temporal": "avg",
+                                          "use_flow": True}),
 }
 
-# The shared frame network (fields a model has are overridden).
-FRAME_NETWORK = dict(arch="resnet18", width=16, last_stride=1)
+# Entries that read optical flow: run only where the dataset's flow store
+# exists (data_prep/flow.py), marked in the table.
+FLOW_ENTRIES = ("flow_avg",)
+
+# The shared frame network and head (fields a model has are overridden).
+FRAME_NETWORK = dict(arch="resnet18", width=16, last_stride=1,
+                     neck="bnneck")
 GLTR_FRAME_DIM = 64
-CLIP_LEN = 8
+PROTOCOL = "configs/motion_twins.py"
+
+
+def _apply_overrides(config, overrides) -> None:
+  """`--set input.pair_motion_twins=True`-style overrides (Python literals)."""
+  import ast
+  for item in overrides:
+    path, _, value = item.partition("=")
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    try:
+      node[leaf] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[leaf] = value
 
 
 def make_config(key: str, *, steps: int, seed: int, data_dir: str,
-                dataset_config: str) -> ml_collections.ConfigDict:
+                dataset_config: str, overrides=()) -> ml_collections.ConfigDict:
   """The protocol config of entry `key` (module docstring)."""
-  _, source, fields = ENTRIES[key]
+  _, source, fields, *rest = ENTRIES[key]
+  entry_overrides = rest[0] if rest else {}
   paper = config_utils.load_config(os.path.join(ROOT, source))
   model = paper.model.to_dict()
   model.update(fields)
@@ -88,7 +122,7 @@ def make_config(key: str, *, steps: int, seed: int, data_dir: str,
       model[k] = v
   if model.get("frame_dim", 0) > 0:
     model["frame_dim"] = GLTR_FRAME_DIM
-  config = config_utils.load_config(os.path.join(ROOT, "configs/demo.py"))
+  config = config_utils.load_config(os.path.join(ROOT, PROTOCOL))
   with config.unlocked():
     config.seed = seed
     config.data_dir = data_dir
@@ -97,13 +131,13 @@ def make_config(key: str, *, steps: int, seed: int, data_dir: str,
     config.log_every_steps = max(steps // 4, 1)
     config.model_name = paper.model_name
     config.model = ml_collections.ConfigDict(model)
-    config.input.clip_len = 1 if paper.input.clip_len == 1 else CLIP_LEN
-    config.input.num_ids_per_batch = 8
-    config.input.num_per_id = 2
-    config.evals.reid.mode = "dense"
-    config.evals.reid.clip_len = CLIP_LEN
-    config.evals.reid.plots = False
+    if paper.input.clip_len == 1:  # The image baseline trains on frames.
+      config.input.clip_len = 1
+    config.input.with_flow = key in FLOW_ENTRIES
     config.checkpoint.every_steps = steps
+    _apply_overrides(config, [f"{k}={v!r}"
+                              for k, v in entry_overrides.items()])
+    _apply_overrides(config, overrides)
   return config
 
 
@@ -119,7 +153,8 @@ def _run(key: str, seed: int, args) -> dict:
       return res | {"seconds": None}
   config = make_config(key, steps=args.steps, seed=seed,
                        data_dir=args.data_dir,
-                       dataset_config=args.dataset_config)
+                       dataset_config=args.dataset_config,
+                       overrides=args.set)
   t0 = time.time()
   res = train.train_and_evaluate(config, workdir)
   return res | {"seconds": round(time.time() - t0, 1)}
@@ -127,17 +162,34 @@ def _run(key: str, seed: int, args) -> dict:
 
 def _row(res: dict) -> dict:
   twins = res.get("motion_twins", {})
+  att = res.get("attention", {})
   return {"mAP": res["mAP"], "R1": res["cmc"]["1"],
           "twin_mAP": twins.get("mAP", float("nan")),
           "twin_pair_mAP": twins.get("pair_mAP", float("nan")),
+          "occluded_weight": att.get("occluded_weight", float("nan")),
+          "clean_weight": att.get("clean_weight", float("nan")),
           "seconds": res.get("seconds")}
 
 
-def _fmt(values) -> str:
-  v = 100 * np.asarray(values, float)
+def flow_available(data_dir: str, dataset_config: str) -> bool:
+  """Whether the synthetic dataset's flow store has every split."""
+  from vreid_jax.input_pipeline import flow as flow_lib
+  try:
+    for split in ("train", "query", "gallery"):
+      flow_lib.FlowSource(data_dir or None,
+                          f"synthetic_video_reid/{dataset_config}", split)
+  except (FileNotFoundError, ValueError):
+    return False
+  return True
+
+
+def _fmt(values, scale: float = 100, digits: int = 1) -> str:
+  v = scale * np.asarray(values, float)
+  if np.isnan(v).all():
+    return "-"
   if len(v) == 1:
-    return f"{v[0]:.1f}"
-  return f"{v.mean():.1f} +- {v.std(ddof=1):.1f}"
+    return f"{v[0]:.{digits}f}"
+  return f"{v.mean():.{digits}f} +- {v.std(ddof=1):.{digits}f}"
 
 
 def write_outputs(rows: dict, args) -> str:
@@ -148,16 +200,21 @@ def write_outputs(rows: dict, args) -> str:
            f" seeds {', '.join(map(str, seeds))} "
            + ("(mean +- sample std)" if len(seeds) > 1 else ""),
            "",
-           "| model | config | mAP | R1 | motion-twin mAP | twin-pair mAP |",
-           "|---|---|---|---|---|---|"]
+           "| model | config | mAP | R1 | motion-twin mAP | twin-pair mAP | "
+           "attention on occluded / clean frames |",
+           "|---|---|---|---|---|---|---|"]
   for key, runs in rows.items():
-    label, source, fields = ENTRIES[key]
-    where = source + "".join(f" {k}={v}" for k, v in fields.items())
+    label, source, fields, *rest = ENTRIES[key]
+    where = source + "".join(f" {k}={v}" for k, v in fields.items()) + (
+        "".join(f" {k}={v}" for k, v in rest[0].items()) if rest else "")
     lines.append(
         f"| {label} | `{where}` | {_fmt([r['mAP'] for r in runs])} | "
         f"{_fmt([r['R1'] for r in runs])} | "
         f"{_fmt([r['twin_mAP'] for r in runs])} | "
-        f"{_fmt([r['twin_pair_mAP'] for r in runs])} |")
+        f"{_fmt([r['twin_pair_mAP'] for r in runs])} | "
+        + ("-" if np.isnan([r["occluded_weight"] for r in runs]).all() else
+           f"{_fmt([r['occluded_weight'] for r in runs], 1, 2)} / "
+           f"{_fmt([r['clean_weight'] for r in runs], 1, 2)}") + " |")
   table = "\n".join(lines)
   with open(os.path.join(args.out, "compare_temporal.md"), "w") as f:
     f.write(table + "\n")
@@ -193,13 +250,16 @@ def write_outputs(rows: dict, args) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--steps", type=int, default=800)
   parser.add_argument("--seeds", default="0")
   parser.add_argument("--models", default="all",
                       help=f"comma-separated keys of {sorted(ENTRIES)}")
-  parser.add_argument("--dataset_config", default="small")
+  parser.add_argument("--dataset_config", default="motion")
   parser.add_argument("--workdir", default="/tmp/vreid_compare")
   parser.add_argument("--out", default="")
+  parser.add_argument("--set", action="append", default=[],
+                      help="a config override for every run, e.g. "
+                      "--set=input.pair_motion_twins=True (repeatable)")
   parser.add_argument("--data_dir", default="",
                       help="TFDS data dir (the synthetic dataset is built "
                       "there on first use)")
@@ -210,6 +270,12 @@ def main(argv=None):
   unknown = sorted(set(keys) - set(ENTRIES))
   if unknown:
     parser.error(f"unknown models {unknown}; known: {sorted(ENTRIES)}")
+  if any(k in FLOW_ENTRIES for k in keys) and not flow_available(
+      args.data_dir, args.dataset_config):
+    skipped = [k for k in keys if k in FLOW_ENTRIES]
+    print(f"no optical flow for synthetic_video_reid/{args.dataset_config}: "
+          f"skipping {skipped} (compute it with data_prep/flow.py)")
+    keys = [k for k in keys if k not in FLOW_ENTRIES]
   rows = {}
   t0 = time.time()
   for key in keys:

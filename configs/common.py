@@ -41,6 +41,13 @@ def motion_twins_eval(source: str = "reid") -> ml_collections.ConfigDict:
       type="motion_twins", source=source, every_steps=0))
 
 
+def attention_occlusion_eval(source: str = "reid"
+                             ) -> ml_collections.ConfigDict:
+  """Attention weight of occluded vs clean frames (synthetic benchmark)."""
+  return ml_collections.ConfigDict(dict(
+      type="attention_occlusion", source=source, every_steps=0))
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -81,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
       flip_prob=0.5, pad=10, erasing_prob=0.5,
       translate_prob=0.0,           # Random2DTranslation (1.125x + crop)
       augment_per_frame=False,      # independent draws per frame
+      shuffle_frames=False,         # control: frames of a clip in random order
+      pair_motion_twins=False,      # synthetic: twins share training batches
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
       with_flow=False,              # also serve "flow" (data_prep/flow.py)
       flow_scale=0.05,              # flow pixels x this (+-20 px -> +-1)

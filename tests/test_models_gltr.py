@@ -244,9 +244,9 @@ CLIPS = {"clips": jax.ShapeDtypeStruct((2, 4, 32, 16, 3), jnp.float32)}
 
 
 @pytest.mark.parametrize("temporal,dim,aux_keys,modules", [
-    ("gltr", 24, {"dtp", "tsa", "attention"}, {"dtp", "tsa"}),
+    ("gltr", 24, {"dtp", "tsa", "attention", "frame_weights"}, {"dtp", "tsa"}),
     ("dtp", 24, {"dtp"}, {"dtp"}),
-    ("tsa", 8, {"tsa", "attention"}, {"tsa"}),
+    ("tsa", 8, {"tsa", "attention", "frame_weights"}, {"tsa"}),
     ("avg", 8, set(), set()),
     ("pyramid_nodilation", 24, {"pyramid"}, {"pyramid"}),
     ("tpp", 56, set(), set()),
@@ -261,10 +261,11 @@ def test_variants_shapes_and_aux(temporal, dim, aux_keys, modules):
   assert aux["features"].shape == (2, dim)
   assert aux["logits"].shape == (2, 5)
   assert aux["frame_features"].shape == (2, 4, 8)
-  for key in aux_keys - {"attention"}:
+  for key in aux_keys - {"attention", "frame_weights"}:
     assert aux[key].shape == (2, 4, dim)
   if "attention" in aux_keys:
     assert aux["attention"].shape == (2, 4, 4)
+    assert aux["frame_weights"].shape == (2, 4)
   assert all(v.dtype == jnp.float32 for v in aux.values())
   assert set(variables["params"]) == {"backbone", "reduction", "head"} | modules
   if temporal == "gltr":

@@ -215,3 +215,34 @@ def test_random_2d_translation_and_per_frame_draws():
     flipped = np.array_equal(f_rgb, f_rgb0[:, ::-1])
     x = flow_lib.dequantize(f_flow)[..., 0].mean()
     assert (x < 0) == flipped
+
+
+def test_shuffle_frames_control_draws_random_frames(synthetic_data_dir):
+  """The control: random frames of the tracklet in random order, at train
+  and test time; deterministic."""
+  import os  # pylint: disable=g-import-not-at-top
+  from vreid_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from vreid_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  idx = sampling.shuffled_clip(20, 6, np.random.default_rng(0))
+  assert len(set(idx)) == 6 and (np.diff(idx) != 1).any()
+  assert sorted(sampling.shuffled_clip(3, 6, np.random.default_rng(0))) == [
+      0, 0, 1, 1, 2, 2]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_utils.load_config(os.path.join(root, "configs/demo.py:tiny"))
+  with config.unlocked():
+    config.data_dir = synthetic_data_dir
+    config.input.shuffle_frames = True
+  data = pipeline.open_dataset(config.dataset, config.data_dir)
+  spec = pipeline.make_train_spec(data, config)
+  a, b = pipeline.TrainBatches(spec)(2), pipeline.TrainBatches(spec)(2)
+  np.testing.assert_array_equal(a["clips"], b["clips"])
+  item = pipeline.EvalItem(1, np.arange(4), np.ones(4, bool))
+  batches = pipeline.EvalBatches("x", "", "query", [0, 0], [], 8, 4,
+                                 shuffle_frames=True, num_frames=(5, 30))
+  idx = batches.frame_indices(item)
+  assert len(set(idx)) == 4 and idx.max() < 30
+  assert (np.diff(idx) != 1).any()
+  np.testing.assert_array_equal(idx, batches.frame_indices(item))  # Fixed.
+  with pytest.raises(ValueError, match="num_frames"):
+    pipeline.EvalBatches("x", "", "query", [0, 0], [], 8, 4,
+                         shuffle_frames=True)

@@ -213,3 +213,52 @@ def test_spec_validation():
     render.WorldSpec(num_train_ids=3, num_test_ids=4, num_cameras=1,
                      train_twin_pairs=0, test_twin_pairs=0,
                      num_distractors=0, max_frames=8)
+
+
+def test_occlusion_flags_follow_the_occluder(tiny):
+  """`occluded` marks the frames an occluder covers, per frame."""
+  config = SyntheticVideoReid.builder_configs["tiny"]
+  world = render.make_world(config.spec, config.seed)
+  plans = [p for s in world.splits.values() for p in s]
+  seen = set()
+  for plan in plans:
+    flags = render.occluded_frames(plan, world.cameras[plan.camid],
+                                   config.spec)
+    assert flags.shape == (len(plan.frame_numbers),)
+    occ = plan.occlusion
+    if occ is None:
+      assert not flags.any()
+    elif occ.kind in ("low", "side"):
+      want = np.zeros(len(flags), bool)
+      want[occ.start:occ.start + occ.length] = True
+      np.testing.assert_array_equal(flags, want)
+      seen.add(occ.kind)
+    else:
+      assert flags[occ.start]  # The pole is in front at `start`.
+      seen.add("pole")
+  assert seen  # The tiny world has occluders.
+  # The records carry the flags, one per frame.
+  _, recs = tiny
+  for split in SPLITS:
+    for r in recs[split]:
+      assert len(r["occluded"]) == len(r["frames"])
+  assert any(np.any(r["occluded"]) for s in SPLITS for r in recs[s])
+
+
+def test_motion_world_has_only_twins_and_long_tracklets():
+  config = SyntheticVideoReid.builder_configs["motion"]
+  world = render.make_world(config.spec, config.seed)
+  assert all(i.motion_twin > 0 for i in world.identities.values())
+  lengths = [len(p.frame_numbers) for s in world.splits.values() for p in s]
+  assert min(lengths) >= 8 and max(lengths) <= 24
+
+
+def test_motion_cadence_twins_share_speed_not_cadence():
+  config = SyntheticVideoReid.builder_configs["motion_cadence"]
+  world = render.make_world(config.spec, config.seed)
+  for a, b in world.twin_pairs():
+    ma, mb = world.identities[a].motion, world.identities[b].motion
+    assert abs(ma.speed - mb.speed) < 1e-3 * ma.speed
+    assert max(ma.period, mb.period) >= 1.6 * min(ma.period, mb.period)
+  lengths = [len(p.frame_numbers) for s in world.splits.values() for p in s]
+  assert min(lengths) >= 16

@@ -438,3 +438,21 @@ def test_loop_runs_hooks_and_saves_where_the_manager_says(synthetic_data_dir,
   # Every 2 steps (orbax's should_save), and the last step.
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "5"]
   run.writer.close()
+
+
+def test_motion_twins_config_reports_the_twin_pair_metric(synthetic_data_dir,
+                                                          tmp_path):
+  """configs/motion_twins.py (runlocal: the tiny world): twin-pair mAP in
+  metrics.json; the 3D CNN has no frame weights, said by the attention
+  evaluator; the shuffled control trains on permuted clips."""
+  config = config_utils.load_config(
+      os.path.join(ROOT, "configs/motion_twins.py:runlocal"))
+  with config.unlocked():
+    config.data_dir = synthetic_data_dir
+    config.num_steps = 2
+  res = train.train_and_evaluate(config, str(tmp_path / "c3d"))
+  assert 0.0 <= res["motion_twins"]["pair_mAP"] <= 1.0
+  assert "no per-frame attention" in res["attention"]["skipped"]
+  config = config_utils.load_config(
+      os.path.join(ROOT, "configs/motion_twins.py:avg,shuffled,runlocal"))
+  assert config.input.shuffle_frames and config.model_name == "baseline"

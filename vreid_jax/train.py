@@ -284,7 +284,8 @@ def setup(config, workdir: str) -> Run:
   embedder = embedder_lib.Embedder(
       models_lib.embed_fn(model), input_spec, mesh,
       num_workers=config.input.num_workers,
-      num_threads=config.input.num_threads)
+      num_threads=config.input.num_threads,
+      predict_fn=functools.partial(models_lib.predict_fn, model))
   evaluations = evaluators_lib.Evaluations(
       config.evals, evaluators_lib.Context(
           embedder=embedder, train_data=data, data_dir=config.data_dir),

@@ -278,8 +278,11 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "is_distractor": [bool(t.is_distractor) for t in tracklets],
         "is_junk": [bool(t.is_junk) for t in tracklets],
     }
-    for key in self.EXTRA_FEATURES:
-      index[key] = [_plain(t.extra[key]) for t in tracklets]
+    # Per-tracklet scalars only: per-frame extras (e.g. the synthetic
+    # benchmark's occlusion flags) stay in the records.
+    for key, feature in self.EXTRA_FEATURES.items():
+      if isinstance(feature, tfds.features.Scalar):
+        index[key] = [_plain(t.extra[key]) for t in tracklets]
     return index
 
   def _generate_examples(

@@ -14,7 +14,9 @@ evaluators built before it: never the model and never the whole config.
 
 An evaluator has `every_steps` (0: only at the end of training), `run(round,
 *, final, workdir) -> results`, `format(results) -> str` and
-`scalars(results) -> {name: float}`. An evaluator that builds on another
+`scalars(results) -> {name: float}`, and may list model aux outputs it
+reads per clip in `aux_keys` (the round then keeps them from its one
+embedding pass). An evaluator that builds on another
 names it in its `source` field and is built after it. The results of the
 main evaluator (`config.main_eval`) are the run's headline metrics (the top
 level of metrics.json, `eval/...` in TensorBoard, first in the printed
@@ -106,7 +108,10 @@ class Evaluations:
           workdir: str | None = None) -> dict[str, Any]:
     """Runs the named evaluators (default all), in build order."""
     names = [n for n in self.evaluators if names is None or n in names]
-    round_ = embedder_lib.EvalRound(self.context.embedder, variables)
+    aux_keys = tuple(k for n in names
+                     for k in getattr(self.evaluators[n], "aux_keys", ()))
+    round_ = embedder_lib.EvalRound(self.context.embedder, variables,
+                                    aux_keys)
     results = {}
     for name in names:
       results[name] = self.evaluators[name].run(round_, final=final,

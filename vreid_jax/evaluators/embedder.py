@@ -11,7 +11,10 @@ frames); the embeddings of a tracklet's clips are averaged.
 `EvalRound` embeds lazily and remembers, for one set of variables, what it
 embedded: evaluators that need the same tracklets with the same plan (e.g.
 the re-id metrics and the motion-twin metrics of one test set) share one
-embedding pass.
+embedding pass. When an evaluator of the round asks for aux outputs (e.g.
+the per-frame attention weights, `aux_keys`), that same pass runs the
+model's `predict_fn` instead and also keeps, for every clip, its frame
+indices and those aux values at its real frames.
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ def _embed_batch(variables, batch, *, embed_fn, spec):
   return embed_fn(variables, preprocess_lib.preprocess(batch, spec))
 
 
+# Per tracklet, its clips: (frame indices, {aux key: values at those frames}).
+ClipAux = list[list[tuple[np.ndarray, dict[str, np.ndarray]]]]
+
+
 class Embedder:
   """Embeds the tracklets of a dataset role with `embed_fn` (jitted once).
 
@@ -75,15 +82,34 @@ class Embedder:
 
   def __init__(self, embed_fn: Callable[[Any, Mapping[str, Any]], Any],
                spec: preprocess_lib.InputSpec, mesh, *, num_workers: int = 0,
-               num_threads: int = 2):
+               num_threads: int = 2,
+               predict_fn: Callable[[tuple[str, ...]], Callable[..., Any]]
+               | None = None):
+    """Args: the embedding function; the InputSpec; the mesh; the input
+    workers; `predict_fn(aux_keys)` giving `(variables, inputs) ->
+    (embedding, {key: aux})` for evaluators that read aux outputs."""
     self.spec = spec
     self.mesh = mesh
     self.num_workers = num_workers
     self.num_threads = num_threads
-    self._fn = jax.jit(
-        functools.partial(_embed_batch, embed_fn=embed_fn, spec=spec),
-        in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
-        out_shardings=parallel.data_sharded(mesh))
+    self._predict_fn = predict_fn
+    self._predict: dict[tuple[str, ...], Any] = {}
+    self._fn = self._jit(functools.partial(_embed_batch, embed_fn=embed_fn,
+                                           spec=spec))
+
+  def _jit(self, fn):
+    return jax.jit(
+        fn, in_shardings=(parallel.replicated(self.mesh),
+                          parallel.data_sharded(self.mesh)),
+        out_shardings=parallel.data_sharded(self.mesh))
+
+  def _predict_batch(self, aux_keys: tuple[str, ...]):
+    if aux_keys not in self._predict:
+      if self._predict_fn is None:
+        raise ValueError("this Embedder has no predict_fn for aux outputs")
+      self._predict[aux_keys] = self._jit(functools.partial(
+          _embed_batch, embed_fn=self._predict_fn(aux_keys), spec=self.spec))
+    return self._predict[aux_keys]
 
   def batches(self, data: pipeline.ReidData, role: str,
               plan: EmbedPlan) -> pipeline.EvalBatches:
@@ -107,21 +133,40 @@ class Embedder:
         data.name, data.data_dir, tracklets.split, tracklets.records,
         batch_plan, self.spec.height, self.spec.width,
         process_index=jax.process_index(),
-        process_count=jax.process_count(), with_flow=self.spec.with_flow)
+        process_count=jax.process_count(), with_flow=self.spec.with_flow,
+        shuffle_frames=self.spec.shuffle_frames, num_frames=num_frames)
 
   def embed(self, variables, data: pipeline.ReidData, role: str,
-            plan: EmbedPlan) -> np.ndarray:
-    """(N, D) float32 embeddings of the role's tracklets, in record order."""
+            plan: EmbedPlan, aux_keys: tuple[str, ...] = ()):
+    """Embeds the role's tracklets.
+
+    Returns:
+      (N, D) float32 embeddings in record order; with `aux_keys`, the pair
+      (embeddings, ClipAux) where ClipAux[n] lists tracklet n's clips as
+      (frame indices, {key: values at those frames}) for the keys the model
+      reports.
+    """
     tracklets = data.roles[role]
     batches = self.batches(data, role, plan)
     sums = None
     counts = np.zeros(len(tracklets), np.int64)
-    for local in pipeline.eval_iterator(batches,
-                                        num_workers=self.num_workers,
-                                        num_threads=self.num_threads):
+    clip_aux: ClipAux = [[] for _ in range(len(tracklets))]
+    fn = self._predict_batch(tuple(aux_keys)) if aux_keys else self._fn
+    for i, local in enumerate(pipeline.eval_iterator(
+        batches, num_workers=self.num_workers,
+        num_threads=self.num_threads)):
       position = local.pop("position")
       batch = parallel.global_batch(local, self.mesh)
-      emb = parallel.fetch(self._fn(variables, batch))
+      out = fn(variables, batch)
+      if aux_keys:
+        out, aux = out
+        aux = parallel.fetch(aux)
+        for j, item in enumerate(batches.plan[i].items):
+          if item.position >= 0:
+            clip_aux[item.position].append(
+                (batches.frame_indices(item),
+                 {k: np.asarray(v[j])[item.mask] for k, v in aux.items()}))
+      emb = parallel.fetch(out)
       position = parallel.fetch(
           parallel.global_batch({"p": position}, self.mesh))["p"]
       if sums is None:
@@ -132,23 +177,45 @@ class Embedder:
     if sums is None or (counts == 0).any():
       raise RuntimeError(f"{data.name}/{role}: some tracklets received no "
                          "clip")
-    return (sums / counts[:, None]).astype(np.float32)
+    features = (sums / counts[:, None]).astype(np.float32)
+    return (features, clip_aux) if aux_keys else features
 
 
 class EvalRound:
-  """One evaluation of one set of variables; embeddings are shared."""
+  """One evaluation of one set of variables; embeddings are shared.
 
-  def __init__(self, embedder: Embedder, variables):
+  Attributes:
+    aux_keys: aux outputs kept per clip in the same pass (the union of what
+      the round's evaluators ask for).
+  """
+
+  def __init__(self, embedder: Embedder, variables,
+               aux_keys: tuple[str, ...] = ()):
     self.embedder = embedder
     self.variables = variables
-    self._memo: dict[tuple, np.ndarray] = {}
+    self.aux_keys = tuple(sorted(set(aux_keys)))
+    self._memo: dict[tuple, Any] = {}
 
-  def features(self, data: pipeline.ReidData, role: str,
-               plan: EmbedPlan) -> np.ndarray:
+  def _get(self, data: pipeline.ReidData, role: str, plan: EmbedPlan):
     records = data.roles[role].records
     key = (data.name, data.data_dir, data.roles[role].split,
            hashlib.sha1(np.ascontiguousarray(records).tobytes()).hexdigest(),
            plan)
     if key not in self._memo:
-      self._memo[key] = self.embedder.embed(self.variables, data, role, plan)
+      out = self.embedder.embed(self.variables, data, role, plan,
+                                aux_keys=self.aux_keys)
+      self._memo[key] = out if self.aux_keys else (out, None)
     return self._memo[key]
+
+  def features(self, data: pipeline.ReidData, role: str,
+               plan: EmbedPlan) -> np.ndarray:
+    """(N, D) embeddings of the role's tracklets."""
+    return self._get(data, role, plan)[0]
+
+  def clip_aux(self, data: pipeline.ReidData, role: str,
+               plan: EmbedPlan) -> ClipAux:
+    """Per tracklet, its clips' frame indices and aux values."""
+    clip_aux = self._get(data, role, plan)[1]
+    if clip_aux is None:
+      raise ValueError("this evaluation round keeps no aux outputs")
+    return clip_aux

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -203,6 +204,8 @@ class TrainSpec:
   seed: int
   epoch_repeats: int = 1
   pk_epoch: str = "tracklets"
+  shuffle_frames: bool = False
+  partners: tuple[int, ...] | None = None
   with_flow: bool = False
   process_index: int = 0
   process_count: int = 1
@@ -246,8 +249,12 @@ class TrainBatches:
     if s.pk_epoch not in sampling.PK_EPOCHS:
       raise ValueError(f"config.input.pk_epoch must be one of "
                        f"{sampling.PK_EPOCHS}, got {s.pk_epoch!r}")
-    plan_fn = (sampling.pk_epoch_plan if s.pk_epoch == "tracklets"
-               else sampling.pk_epoch_plan_ids)
+    if s.pk_epoch == "ids":
+      plan_fn = sampling.pk_epoch_plan_ids
+    else:
+      plan_fn = functools.partial(
+          sampling.pk_epoch_plan,
+          partners=None if s.partners is None else np.asarray(s.partners))
     return np.concatenate([
         plan_fn(np.asarray(s.pids), s.num_ids_per_batch, s.num_per_id,
                 np.random.default_rng([s.seed, 7, epoch, r]))
@@ -285,6 +292,10 @@ class TrainBatches:
       rng = np.random.default_rng([s.seed, 11, int(step), slot])
       idx = sampling.sample_clip(s.num_frames[pos], s.clip_len,
                                  s.clip_sampling, rng)
+      if s.shuffle_frames:
+        idx = sampling.shuffled_clip(
+            s.num_frames[pos], s.clip_len,
+            np.random.default_rng([s.seed, 13, int(step), slot]))
       example = source[s.records[pos]]
       clip = augment.decode_clip(example["frames"], idx, s.augment.height,
                                  s.augment.width)
@@ -317,6 +328,13 @@ def make_train_spec(data: ReidData, config, *, process_index: int = 0,
   train = data.roles["train"]
   labels, _ = sampling.contiguous_labels(train.index["pid"])
   inp = config.input
+  partners = None
+  if inp.get("pair_motion_twins", False):
+    if "motion_twin" not in train.index:
+      raise ValueError(
+          f"config.input.pair_motion_twins=True: dataset {data.name} has no "
+          "motion twins (only synthetic_video_reid has them)")
+    partners = tuple(int(x) for x in train.index["motion_twin"])
   aug = augment.AugmentConfig(
       height=inp.height, width=inp.width, flip=inp.flip_prob,
       pad=inp.pad, erasing=inp.erasing_prob, mean=tuple(inp.mean),
@@ -333,6 +351,8 @@ def make_train_spec(data: ReidData, config, *, process_index: int = 0,
       clip_len=inp.clip_len, clip_sampling=inp.clip_sampling, augment=aug,
       seed=config.seed, epoch_repeats=inp.epoch_repeats,
       pk_epoch=inp.get("pk_epoch", "tracklets"),
+      shuffle_frames=inp.get("shuffle_frames", False),
+      partners=partners,
       with_flow=inp.with_flow,
       process_index=process_index,
       process_count=process_count)
@@ -458,16 +478,37 @@ class EvalBatches:
   def __init__(self, name: str, data_dir: str, split: str,
                records: Sequence[int], plan: Sequence[EvalBatch], height: int,
                width: int, process_index: int = 0, process_count: int = 1,
-               with_flow: bool = False):
+               with_flow: bool = False, shuffle_frames: bool = False,
+               num_frames: Sequence[int] = ()):
     self.name, self.data_dir, self.split = name, data_dir, split
     self.records = tuple(int(r) for r in records)
     self.plan = tuple(plan)
     self.height, self.width = height, width
     self.process_index, self.process_count = process_index, process_count
     self.with_flow = with_flow
+    self.shuffle_frames = shuffle_frames
+    self.num_frames = tuple(int(n) for n in num_frames)
+    if shuffle_frames and len(self.num_frames) != len(self.records):
+      raise ValueError("shuffle_frames needs every record's num_frames")
 
   def __len__(self) -> int:
     return len(self.plan)
+
+  def frame_indices(self, item: EvalItem) -> np.ndarray:
+    """The frames decoded for an item's real positions, in order.
+
+    With `shuffle_frames` (the control), the tracklet's frames are first
+    put in a random order (fixed per tracklet) and the clip takes its
+    positions from that order: random frames from anywhere in the
+    tracklet, in random order.
+    """
+    idx = item.indices[item.mask]
+    if self.shuffle_frames:
+      num_frames = self.num_frames[item.position]
+      perm = np.random.default_rng([17, item.position, num_frames]
+                                   ).permutation(num_frames)
+      idx = perm[idx]
+    return idx
 
   def __call__(self, i: int) -> dict[str, np.ndarray]:
     batch = self.plan[int(i)]
@@ -483,12 +524,13 @@ class EvalBatches:
         continue
       record = self.records[item.position]
       frames = source[record]["frames"]
-      clips[j, item.mask] = augment.decode_clip(
-          frames, item.indices[item.mask], self.height, self.width)
+      idx = self.frame_indices(item)
+      clips[j, item.mask] = augment.decode_clip(frames, idx, self.height,
+                                                self.width)
       if flows is not None:
         flows[j, item.mask] = augment.decode_flow_clip(
             _flow_source(self.name, self.data_dir, self.split)[record],
-            item.indices[item.mask], self.height, self.width)
+            idx, self.height, self.width)
     out = {
         "clips": clips,
         "mask": np.stack([it.mask for it in items]),

@@ -39,6 +39,8 @@ class InputSpec:
     with_flow: batches carry "flow".
     flow_scale: multiplies the dequantised flow (pixels).
     flow_bound: the store's quantisation bound in pixels.
+    shuffle_frames: clips come with their frames in a random order, at
+      training and test time (the control that removes temporal order).
   """
   height: int
   width: int
@@ -48,6 +50,7 @@ class InputSpec:
   with_flow: bool = False
   flow_scale: float = 1.0 / flow_lib.BOUND
   flow_bound: float = flow_lib.BOUND
+  shuffle_frames: bool = False
 
   @classmethod
   def from_config(cls, inp) -> InputSpec:
@@ -58,7 +61,8 @@ class InputSpec:
                std=tuple(float(x) for x in inp["std"]),
                with_flow=bool(inp.get("with_flow", False)),
                flow_scale=float(inp.get("flow_scale",
-                                        1.0 / flow_lib.BOUND)))
+                                        1.0 / flow_lib.BOUND)),
+               shuffle_frames=bool(inp.get("shuffle_frames", False)))
 
   @property
   def keys(self) -> tuple[str, ...]:

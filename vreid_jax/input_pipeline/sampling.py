@@ -36,7 +36,8 @@ PK_EPOCHS = ("tracklets", "ids")
 
 
 def pk_epoch_plan(pids: np.ndarray, p: int, k: int,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator,
+                  partners: np.ndarray | None = None) -> np.ndarray:
   """Returns an (num_batches, p*k) array of positions into `pids`.
 
   Args:
@@ -44,6 +45,10 @@ def pk_epoch_plan(pids: np.ndarray, p: int, k: int,
     p: identities per batch.
     k: tracklets per identity.
     rng: the epoch's random generator.
+    partners: optional (N,) pid of each tracklet's partner identity (the
+      synthetic benchmark's motion twin) or -1: a drawn identity brings its
+      partner into the same batch (while both have chunks), so every batch
+      holds pairs that only motion can tell apart.
 
   Raises:
     ValueError: fewer than p identities.
@@ -64,11 +69,38 @@ def pk_epoch_plan(pids: np.ndarray, p: int, k: int,
       members = rng.permutation(members)
     n = len(members) // k
     chunks[int(pid)] = [members[i * k:(i + 1) * k] for i in range(n)]
+  partner = {}
+  if partners is not None:
+    partners = np.asarray(partners)
+    for pid in unique:
+      twin = int(partners[np.flatnonzero(pids == pid)[0]])
+      if twin >= 0 and twin in chunks:
+        partner[int(pid)] = twin
   batches = []
   available = [pid for pid in chunks if chunks[pid]]
   while len(available) >= p:
-    chosen = rng.choice(len(available), size=p, replace=False)
-    chosen_pids = [available[i] for i in chosen]
+    if partner:
+      chosen_pids = []
+      order = [available[i] for i in rng.permutation(len(available))]
+      in_play = set(available)
+      for pid in order:  # Whole pairs first, ...
+        if pid in chosen_pids:
+          continue
+        group = [pid]
+        if partner.get(pid) in in_play and partner[pid] not in chosen_pids:
+          group.append(partner[pid])
+        if len(chosen_pids) + len(group) <= p:
+          chosen_pids += group
+        if len(chosen_pids) == p:
+          break
+      for pid in order:  # ... then singles where a pair did not fit.
+        if len(chosen_pids) == p:
+          break
+        if pid not in chosen_pids:
+          chosen_pids.append(pid)
+    else:
+      chosen = rng.choice(len(available), size=p, replace=False)
+      chosen_pids = [available[i] for i in chosen]
     batches.append(np.concatenate([chunks[pid].pop() for pid in chosen_pids]))
     available = [pid for pid in available if chunks[pid]]
   return np.stack(batches).astype(np.int64)
@@ -140,6 +172,16 @@ def sample_clip(num_frames: int, clip_len: int, mode: str,
         np.int64)
   raise ValueError(f"input.clip_sampling must be one of {CLIP_MODES}, "
                    f"got {mode!r}")
+
+
+def shuffled_clip(num_frames: int, clip_len: int,
+                  rng: np.random.Generator) -> np.ndarray:
+  """The control clip: `clip_len` random frames of the tracklet, in random
+  order (distinct frames when the tracklet has enough), so no temporal
+  structure survives."""
+  if num_frames >= clip_len:
+    return rng.permutation(num_frames)[:clip_len]
+  return rng.permutation(np.arange(clip_len) % num_frames)
 
 
 def contiguous_labels(pids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -73,3 +73,15 @@ def embed_fn(model) -> Callable[[Any, Mapping[str, Any]], Any]:
     return embedding
 
   return embed
+
+
+def predict_fn(model, aux_keys: tuple[str, ...]
+               ) -> Callable[[Any, Mapping[str, Any]], Any]:
+  """`predict(variables, inputs) -> (embedding, {k: aux[k]})` in eval mode,
+  for the aux keys the model has among `aux_keys` (analysis evaluators)."""
+
+  def predict(variables, inputs):
+    embedding, aux = model.apply(variables, inputs, train=False)
+    return embedding, {k: aux[k] for k in aux_keys if k in aux}
+
+  return predict

@@ -109,7 +109,9 @@ class TemporalAttentionPool(nn.Module):
       train: unused (no BatchNorm); the aggregator signature.
 
     Returns:
-      (f_c (B, C) float32, {"attention": (B, T) weights a_t}).
+      (f_c (B, C) float32, {"attention": a, "frame_weights": a}): the (B, T)
+      weights a_t under the paper's name and under the name every attention
+      model reports its per-frame weights with.
     """
     del train
     common.check_shape(maps, (None, None, None, None, None),
@@ -149,4 +151,5 @@ class TemporalAttentionPool(nn.Module):
     weights = normalize_scores(scores, mask, self.normalization)
     frames = jnp.mean(maps.astype(jnp.float32), axis=(2, 3))     # f_t.
     frames = common.zero_padded(frames, mask)
-    return jnp.einsum("bt,btc->bc", weights, frames), {"attention": weights}
+    return jnp.einsum("bt,btc->bc", weights, frames), {
+        "attention": weights, "frame_weights": weights}

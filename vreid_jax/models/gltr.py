@@ -205,9 +205,12 @@ class TSA(nn.Module):
       train: BN uses batch statistics (of real frames) when True.
 
     Returns:
-      (F'', {"attention": M}): (B, T, D) updated features and the (B, T, T)
-      float32 attention M[b, s, t] (source s, target t; columns of real
-      targets sum to 1 with the softmax; 0 in padded rows and columns).
+      (F'', {"attention": M, "frame_weights": m}): (B, T, D) updated features,
+      the (B, T, T) float32 attention M[b, s, t] (source s, target t;
+      columns of real targets sum to 1 with the softmax; 0 in padded rows
+      and columns) and eq. 8's weighting vector m_s = sum_t M[s, t] / L over
+      the L real targets (B, T): the attention each frame receives, summing
+      to 1 over real frames with the softmax.
     """
     common.check_shape(x, (None, None, None), f"{self.name}: F' (B, T, D)")
     b, t, d = x.shape
@@ -246,7 +249,9 @@ class TSA(nn.Module):
     context = jnp.einsum("bsk,bst->btk", f_bar, attn.astype(dtype))
     out = dense(d, kernel_init=nn.initializers.zeros,
                 bias_init=nn.initializers.zeros, name="conv_w")(context)
-    return out + x, {"attention": attn}
+    length = jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+    weights = attn.sum(axis=2) / length
+    return out + x, {"attention": attn, "frame_weights": weights}
 
 
 class Model(framewise.FramewiseModel):
@@ -270,7 +275,8 @@ class Model(framewise.FramewiseModel):
   aux (float32), besides "frame_features", "features" and "logits":
     "dtp" (B, T, N*d): F' (variants "gltr", "dtp");
     "pyramid" (B, T, N*d): variant "pyramid_nodilation";
-    "tsa" (B, T, D): F'' and "attention" (B, T, T): M[b, s, t]
+    "tsa" (B, T, D): F'', "attention" (B, T, T): M[b, s, t] and
+      "frame_weights" (B, T): the attention each frame receives, eq. 8
       (variants "gltr", "tsa").
   """
   frame_dim: int = 128

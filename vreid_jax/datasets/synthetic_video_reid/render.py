@@ -10,7 +10,8 @@ trousers or shorts, shoes, bag, height, build, posture) + motion (`Motion`:
 gait period and phase, stride, arm and leg swing). A "motion twin" pair shares
 the very same `Appearance` and arm/leg swing and stride factor, and differs
 only in gait period (fast: 5-6.5 frames per cycle, slow: 11-14) and hence
-walking speed. Every frame of a twin is drawn from the same distribution of
+walking speed (or, with `WorldSpec.twins_same_speed`, only in cadence: the
+stride scales with the period). Every frame of a twin is drawn from the same distribution of
 poses (the phase is uniform over tracklets), so the pair can only be told
 apart from how the pose changes from frame to frame.
 
@@ -18,6 +19,10 @@ A frame is a person crop, as a detector would give: the figure is centred
 (with detector jitter) and the camera's background scrolls past at the
 walking speed. Cameras differ in background, illumination (gain, colour cast,
 vertical light gradient), person scale, blur and sensor noise.
+
+`occluded_frames` says which frames of a tracklet an occluder covers (the
+"low" and "side" boxes for their frames; the world-fixed pole while it
+overlaps the figure), for the attention-vs-occlusion analysis.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class WorldSpec:
       occlusion event.
     image_size: (height, width) of the frames.
     jpeg_quality: JPEG quality of the encoded frames.
+    twins_same_speed: motion twins also share their walking speed (the
+      stride scales with the period), so the background scrolls past both
+      alike and only the cadence of the gait differs.
   """
   num_train_ids: int
   num_test_ids: int
@@ -79,6 +87,7 @@ class WorldSpec:
   occlusion_prob: float = 0.3
   image_size: tuple[int, int] = (64, 32)
   jpeg_quality: int = 90
+  twins_same_speed: bool = False
 
   def __post_init__(self):
     if self.num_cameras < 2:
@@ -381,8 +390,10 @@ def _sample_motion(rng: np.random.Generator,
 
 
 def _sample_identities(rng: np.random.Generator, pids: Sequence[int],
-                       twin_pairs: int) -> dict[int, Identity]:
-  """Identities of one split; `twin_pairs` random pairs share appearance."""
+                       twin_pairs: int,
+                       same_speed: bool = False) -> dict[int, Identity]:
+  """Identities of one split; `twin_pairs` random pairs share appearance
+  (and, with `same_speed`, their walking speed)."""
   order = [int(p) for p in rng.permutation(np.asarray(pids))]
   twins = [(order[2 * i], order[2 * i + 1]) for i in range(twin_pairs)]
   singles = order[2 * twin_pairs:]
@@ -391,10 +402,15 @@ def _sample_identities(rng: np.random.Generator, pids: Sequence[int],
   for (a, b), look in zip(twins, looks):
     first = _sample_motion(rng)
     fast, slow = (a, b) if rng.random() < 0.5 else (b, a)
-    out[fast] = Identity(fast, look, _sample_motion(rng, _FAST_TWIN_RANGE,
-                                                    like=first), slow)
-    out[slow] = Identity(slow, look, _sample_motion(rng, _SLOW_TWIN_RANGE,
-                                                    like=first), fast)
+    fast_motion = _sample_motion(rng, _FAST_TWIN_RANGE, like=first)
+    slow_motion = _sample_motion(rng, _SLOW_TWIN_RANGE, like=first)
+    if same_speed:  # stride / period = the first motion's speed for both.
+      fast_motion = dataclasses.replace(
+          fast_motion, stride=round(first.speed * fast_motion.period, 4))
+      slow_motion = dataclasses.replace(
+          slow_motion, stride=round(first.speed * slow_motion.period, 4))
+    out[fast] = Identity(fast, look, fast_motion, slow)
+    out[slow] = Identity(slow, look, slow_motion, fast)
   for pid, look in zip(singles, looks[len(twins):]):
     out[pid] = Identity(pid, look, _sample_motion(rng))
   return dict(sorted(out.items()))
@@ -488,8 +504,10 @@ def make_world(spec: WorldSpec, seed: int) -> World:
   test_pids = list(range(spec.num_train_ids + 1,
                          spec.num_train_ids + spec.num_test_ids + 1))
   identities = {}
-  identities.update(_sample_identities(rng, train_pids, spec.train_twin_pairs))
-  identities.update(_sample_identities(rng, test_pids, spec.test_twin_pairs))
+  identities.update(_sample_identities(rng, train_pids, spec.train_twin_pairs,
+                                       spec.twins_same_speed))
+  identities.update(_sample_identities(rng, test_pids, spec.test_twin_pairs,
+                                       spec.twins_same_speed))
   camids = list(cameras)
   occ = spec.occlusion_prob
 
@@ -817,6 +835,42 @@ def _paint_occlusion(frame: np.ndarray, occ: Occlusion, index: int,
     _paint_rect(frame, w * (1 - occ.size), w, h * 0.1, h, colour)
 
 
+def _pole_x(plan: TrackletPlan, camera: Camera, spec: WorldSpec,
+            centre_x: np.ndarray) -> np.ndarray:
+  """x of a world-fixed pole in every frame (in front of the figure's
+  centre at frame `occlusion.start`)."""
+  h, _ = spec.image_size
+  body = camera.scale * plan.identity.appearance.height * h
+  d = 1.0 if plan.rightward else -1.0
+  f = np.asarray(plan.frame_numbers, np.float64)
+  return centre_x - d * plan.identity.motion.speed * (
+      f - f[plan.occlusion.start]) * body
+
+
+def occluded_frames(plan: TrackletPlan, camera: Camera,
+                    spec: WorldSpec) -> np.ndarray:
+  """(T,) bool: frames in which an occluder covers part of the figure.
+
+  "low" and "side" boxes cover their `length` frames from `start`; a pole
+  counts while its band overlaps the figure's central band (half a torso
+  width plus half the pole's width around the hips' x; detector jitter is
+  ignored, a fraction of a pixel here).
+  """
+  n = len(plan.frame_numbers)
+  occ = plan.occlusion
+  out = np.zeros(n, bool)
+  if occ is None:
+    return out
+  if occ.kind != "pole":
+    out[occ.start:occ.start + occ.length] = True
+    return out
+  h, w = spec.image_size
+  body = camera.scale * plan.identity.appearance.height * h
+  half = 0.5 * occ.size * w + 0.075 * body * plan.identity.appearance.build
+  pole_x = _pole_x(plan, camera, spec, np.full(n, w / 2))
+  return np.abs(pole_x - w / 2) < half
+
+
 def render_frames(plan: TrackletPlan, camera: Camera,
                   spec: WorldSpec) -> np.ndarray:
   """Renders a planned tracklet as uint8 (T, H, W, 3) frames (before blur).
@@ -854,7 +908,7 @@ def render_frames(plan: TrackletPlan, camera: Camera,
   occ = plan.occlusion
   if occ is not None:
     # A world-fixed pole is in front of the person's centre at `occ.start`.
-    pole_x = centre_x - d * motion.speed * (f - f[occ.start]) * body
+    pole_x = _pole_x(plan, camera, spec, centre_x)
     for i in range(n):
       _paint_occlusion(img[i], occ, i, float(pole_x[i]))
   # Illumination: camera gain, colour cast, vertical gradient, flicker.

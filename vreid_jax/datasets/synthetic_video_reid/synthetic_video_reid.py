@@ -4,8 +4,9 @@ Articulated pedestrians walk past several cameras; an identity is its
 appearance (clothes, hair, bag, height, build) and its gait (period, stride,
 arm and leg swing). Motion-twin pairs look identical and differ only in gait
 period and speed, so they separate temporal models from frame averaging
-(feature `motion_twin`: the twin's pid or -1). No download, deterministic in
-the config's seed, builds in seconds:
+(feature `motion_twin`: the twin's pid or -1; `occluded`: per frame, whether
+an occluder covers the figure). No download, deterministic in the config's
+seed, builds in seconds:
 
   from vreid_jax.datasets.synthetic_video_reid import SyntheticVideoReid
   builder = SyntheticVideoReid(config="small", data_dir=data_dir)
@@ -35,6 +36,17 @@ TINY = render.WorldSpec(
     num_train_ids=8, num_test_ids=6, num_cameras=3, train_twin_pairs=1,
     test_twin_pairs=1, num_distractors=2, max_frames=10, min_long_frames=6,
     short_fraction=0.25, occlusion_prob=0.5, image_size=(64, 32))
+# Every identity has a motion twin: appearance alone separates no training
+# pair, so a model must learn motion (cadence and walking speed);
+# tracklets of >= 8 frames show the gait.
+MOTION = render.WorldSpec(
+    num_train_ids=100, num_test_ids=60, num_cameras=3, train_twin_pairs=50,
+    test_twin_pairs=30, num_distractors=20, max_frames=24, min_long_frames=8,
+    short_fraction=0.0, occlusion_prob=0.3, image_size=(64, 32))
+# The harder variant: twins also share their speed, so only the cadence of
+# the gait separates them; tracklets of 16-32 frames cover a slow cycle.
+MOTION_CADENCE = dataclasses.replace(
+    MOTION, max_frames=32, min_long_frames=16, twins_same_speed=True)
 MEDIUM = render.WorldSpec(
     num_train_ids=300, num_test_ids=200, num_cameras=4, train_twin_pairs=30,
     test_twin_pairs=25, num_distractors=50, max_frames=48, min_long_frames=8,
@@ -64,16 +76,29 @@ def _describe(spec: render.WorldSpec) -> str:
 class SyntheticVideoReid(base.ReidBuilder):
   """Procedurally rendered walking pedestrians with motion twins."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "The `motion` and `motion_cadence` configs; per-frame "
+               "`occluded` flags.",
+  }
   NEEDS_MANUAL_DIR = False
-  EXTRA_FEATURES = {"motion_twin": tfds.features.Scalar(np.int32)}
+  EXTRA_FEATURES = {
+      "motion_twin": tfds.features.Scalar(np.int32),
+      "occluded": tfds.features.Sequence(tfds.features.Scalar(np.bool_)),
+  }
   BUILDER_CONFIGS = [
       SyntheticConfig(name="small", spec=SMALL, seed=0,
                       description="Default; the demo's dataset. " +
                       _describe(SMALL)),
       SyntheticConfig(name="tiny", spec=TINY, seed=0,
                       description="For unit tests. " + _describe(TINY)),
+      SyntheticConfig(name="motion", spec=MOTION, seed=0,
+                      description="Motion identity: every identity has an "
+                      "appearance twin. " + _describe(MOTION)),
+      SyntheticConfig(name="motion_cadence", spec=MOTION_CADENCE, seed=0,
+                      description="Motion twins of the same speed: only the "
+                      "cadence differs. " + _describe(MOTION_CADENCE)),
       SyntheticConfig(name="medium", spec=MEDIUM, seed=0,
                       description="For accelerator runs. " +
                       _describe(MEDIUM)),
@@ -133,5 +158,7 @@ class SyntheticVideoReid(base.ReidBuilder):
         tracklet_id=plan.tracklet_id,
         path=plan.path,
         is_distractor=plan.is_distractor,
-        extra={"motion_twin": np.int32(plan.identity.motion_twin)},
+        extra={"motion_twin": np.int32(plan.identity.motion_twin),
+               "occluded": render.occluded_frames(
+                   plan, world.cameras[plan.camid], world.spec)},
     )
