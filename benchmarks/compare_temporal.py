@@ -78,6 +78,15 @@ ENTRIES = {
     "gao_c3d_shuffled": ("control: Gao 3D ResNet-18, frame-shuffled clips",
                          "configs/gao_mars.py:c3d", {},
                          {"input.shuffle_frames": True}),
+    "m3d_local": ("M3D: local layers", "configs/m3d_mars.py:local", {}),
+    "m3d_global": ("M3D: global layer", "configs/m3d_mars.py:global", {}),
+    "m3d": ("M3D: local + global layers", "configs/m3d_mars.py:m3d", {}),
+    "i3d": ("M3D Table IV: I3D", "configs/m3d_mars.py:i3d", {}),
+    "p3d_a": ("M3D Table IV: P3D-A", "configs/m3d_mars.py:p3d_a", {}),
+    "p3d_b": ("M3D Table IV: P3D-B", "configs/m3d_mars.py:p3d_b", {}),
+    "p3d_c": ("M3D Table IV: P3D-C", "configs/m3d_mars.py:p3d_c", {}),
+    "m3d_flow_two_stream": ("M3D Table IV: RGB + flow two-stream [flow]",
+                            "configs/m3d_mars.py:flow_two_stream", {}),
     "flow_avg": ("avg pooling + flow stem (STAR eq. 2) [flow]",
                  "configs/gltr_mars.py", {"temporal": "avg",
                                           "use_flow": True}),
@@ -85,7 +94,7 @@ ENTRIES = {
 
 # Entries that read optical flow: run only where the dataset's flow store
 # exists (data_prep/flow.py), marked in the table.
-FLOW_ENTRIES = ("flow_avg",)
+FLOW_ENTRIES = ("flow_avg", "m3d_flow_two_stream")
 
 # The shared frame network and head (fields a model has are overridden).
 FRAME_NETWORK = dict(arch="resnet18", width=16, last_stride=1,

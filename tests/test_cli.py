@@ -81,6 +81,16 @@ def test_gao_mars_runlocal_on_a_fake_mars_tree(fake_mars_data_dir, tmp_path):
   assert 0.0 <= metrics["mAP"] <= 1.0
 
 
+def test_m3d_mars_runlocal_on_a_fake_mars_tree(fake_mars_data_dir, tmp_path):
+  """The paper's headline row (both streams, two named CE instances); every
+  row was run this way by hand (README)."""
+  metrics = _runlocal("configs/m3d_mars.py:two_stream,runlocal",
+                      tmp_path / "m3d", fake_mars_data_dir)
+  assert metrics["protocol"]["name"] == "mars/matlab"
+  assert metrics["protocol"]["ap"] == "trapezoid"
+  assert 0.0 <= metrics["mAP"] <= 1.0
+
+
 def test_aggregate_trials(tmp_path):
   from vreid_jax import aggregate_trials  # pylint: disable=g-import-not-at-top
   for t, m in enumerate((0.5, 0.7)):

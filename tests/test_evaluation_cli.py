@@ -115,3 +115,28 @@ def test_cli_gallery_junk_key(files):
   want = evaluate(d["qf"], d["qp"], d["qc"], d["gf"], d["gp"], d["gc"],
                   gallery_junk=junk)
   assert json.loads(proc.stdout)["mAP"] == pytest.approx(want["mAP"])
+
+
+def test_cli_fuses_two_streams(files):
+  """--fuse: each file L2-normalised, then concatenated (M3D's eq. 1)."""
+  tmp, d = files
+  rng = np.random.default_rng(1)
+  q2, g2 = rng.standard_normal((6, 5)), rng.standard_normal((26, 5))
+  np.savez(tmp / "q2.npz", features=q2, pids=d["qp"], camids=d["qc"])
+  np.savez(tmp / "g2.npz", features=g2, pids=d["gp"], camids=d["gc"])
+  out = _run("--fuse", f"--query={tmp / 'q.npz'},{tmp / 'q2.npz'}",
+             f"--gallery={tmp / 'g.npz'},{tmp / 'g2.npz'}")
+  assert out.returncode == 0, out.stderr
+  norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # pylint: disable=g-long-lambda
+  want = evaluate(np.concatenate([norm(d["qf"]), norm(q2)], 1), d["qp"],
+                  d["qc"], np.concatenate([norm(d["gf"]), norm(g2)], 1),
+                  d["gp"], d["gc"])
+  assert json.loads(out.stdout)["mAP"] == pytest.approx(want["mAP"])
+  # Files of other tracklets are refused, naming the key.
+  np.savez(tmp / "q3.npz", features=q2, pids=d["qp"][::-1], camids=d["qc"])
+  out = _run("--fuse", f"--query={tmp / 'q.npz'},{tmp / 'q3.npz'}",
+             f"--gallery={tmp / 'g.npz'},{tmp / 'g2.npz'}")
+  assert out.returncode == 2 and "'pids' differs" in out.stderr
+  out = _run(f"--query={tmp / 'q.npz'},{tmp / 'q2.npz'}",
+             f"--gallery={tmp / 'g.npz'}")
+  assert out.returncode == 2 and "need --fuse" in out.stderr

@@ -7,7 +7,16 @@ r"""Evaluates saved query/gallery features; prints one JSON object.
 
 Each .npz holds `features` (N, D), `pids` (N,) and `camids` (N,) (integers);
 the gallery file may also hold `junk` (N,) bool, replacing the default junk
-rule pid == -1 (e.g. for the MARS "matlab" gallery). Rules and formulas:
+rule pid == -1 (e.g. for the MARS "matlab" gallery).
+
+Fusing streams (`--fuse`): give several files per set, comma-separated, the
+same tracklets in the same order (their pids, camids and junk must agree);
+each file's features are L2-normalised and the results concatenated, e.g.
+M3D's two streams trained separately (eq. 1, evaluated as the authors do):
+
+  python -m vreid_jax.evaluate_features --fuse \
+      --query=2d/query_features.npz,m3d/query_features.npz \
+      --gallery=2d/gallery_features.npz,m3d/gallery_features.npz Rules and formulas:
 `vreid_jax/evaluation/metrics.py`. Distances are computed in the features'
 precision (float64 stays float64) unless --dtype says otherwise.
 
@@ -134,8 +143,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       prog="python -m vreid_jax.evaluate_features",
       description="Re-id metrics (CMC, mAP, mINP) of saved features.")
-  p.add_argument("--query", required=True, help="query .npz")
-  p.add_argument("--gallery", required=True, help="gallery .npz")
+  p.add_argument("--query", required=True,
+                 help="query .npz (comma-separated files with --fuse)")
+  p.add_argument("--gallery", required=True,
+                 help="gallery .npz (comma-separated files with --fuse)")
+  p.add_argument("--fuse", action="store_true",
+                 help="several files per set: L2-normalise each file's "
+                 "features and concatenate them (two-stream fusion)")
   p.add_argument("--ap", default="step", choices=("step", "trapezoid"))
   p.add_argument("--metric", default="euclidean",
                  choices=("euclidean", "sqeuclidean", "cosine"))
@@ -155,10 +169,49 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+def fuse_feature_files(paths: Sequence[str], *, allow_junk: bool = False
+                       ) -> dict[str, np.ndarray]:
+  """Reads several files of the same tracklets; returns one with their
+  L2-normalised features concatenated (two-stream fusion).
+
+  Raises:
+    FeatureFileError: fewer than two files, or files whose pids, camids or
+      junk disagree (not the same tracklets in the same order).
+  """
+  if len(paths) < 2:
+    raise FeatureFileError(f"--fuse needs at least two files per set, got "
+                           f"{list(paths)}")
+  files = [load_feature_file(p, allow_junk=allow_junk) for p in paths]
+  first = files[0]
+  for path, f in zip(paths[1:], files[1:]):
+    for key in ("pids", "camids", "junk"):
+      a, b = first.get(key), f.get(key)
+      if (a is None) != (b is None) or (
+          a is not None and (a.shape != b.shape or not np.array_equal(a, b))):
+        raise FeatureFileError(
+            f"{path}: '{key}' differs from {paths[0]}: --fuse needs the "
+            "same tracklets in the same order in every file")
+  parts = []
+  for f in files:
+    x = f["features"].astype(np.float64)
+    parts.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True),
+                                1e-12))
+  out = dict(first)
+  out["features"] = np.concatenate(parts, axis=1).astype(
+      np.result_type(*[f["features"].dtype for f in files], np.float32))
+  return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Loads both files and evaluates; raises FeatureFileError on bad input."""
-  query = load_feature_file(args.query)
-  gallery = load_feature_file(args.gallery, allow_junk=True)
+  if args.fuse:
+    query = fuse_feature_files(args.query.split(","))
+    gallery = fuse_feature_files(args.gallery.split(","), allow_junk=True)
+  else:
+    if "," in args.query or "," in args.gallery:
+      raise FeatureFileError("several files per set need --fuse")
+    query = load_feature_file(args.query)
+    gallery = load_feature_file(args.gallery, allow_junk=True)
   dq, dg = query["features"].shape[1], gallery["features"].shape[1]
   if dq != dg:
     raise FeatureFileError(f"feature dims differ: {args.query} has D={dq}, "

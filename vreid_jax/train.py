@@ -260,7 +260,8 @@ def setup(config, workdir: str) -> Run:
   # Every loss must find its inputs: the model's aux (in training mode, on
   # a 2-clip batch) or the batch.
   out = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0],
+      lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                               rngs={"dropout": jax.random.key(0)})[0],
       abstract_vars, jax.eval_shape(
           lambda: preprocess_lib.dummy_inputs(input_spec, batch_size=2)))
   losses_lib.check_sources(losses, out[1].keys(), BATCH_KEYS)

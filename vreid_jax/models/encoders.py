@@ -42,7 +42,10 @@ class FrameEncoder(nn.Module):
     flow_stem: add the optical-flow stem (STAR eq. 2; `resnet.ResNet`).
     frame_dim: d, the per-frame feature size after the `reduction` layer;
       0 keeps the backbone's pooled feature (no reduction layer).
-    reduction_relu: ReLU after the reduction BN.
+    reduction_relu: ReLU at the end of the reduction.
+    reduction_norm: BatchNorm after the reduction's Dense.
+    reduction_bias: bias in the reduction's Dense.
+    in_channels: input channels (3 for RGB; 2 for a ResNet on flow).
     dtype: computation dtype.
     param_dtype: parameter dtype.
   """
@@ -53,6 +56,9 @@ class FrameEncoder(nn.Module):
   flow_stem: bool = False
   frame_dim: int = 0
   reduction_relu: bool = False
+  reduction_norm: bool = True
+  reduction_bias: bool = False
+  in_channels: int = 3
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -83,13 +89,14 @@ class FrameEncoder(nn.Module):
     maps = resnet.ResNet(
         arch=self.arch, width=self.width, last_stride=self.last_stride,
         zero_init_residual=self.zero_init_residual,
-        flow_stem=self.flow_stem, dtype=dtype, param_dtype=param_dtype,
-        name="backbone")(common.fold_time(clips), train=train, mask=fmask,
-                         flow=fflow)
+        flow_stem=self.flow_stem, in_channels=self.in_channels, dtype=dtype,
+        param_dtype=param_dtype, name="backbone")(
+            common.fold_time(clips), train=train, mask=fmask, flow=fflow)
     x = resnet.global_avg_pool(maps)
     if self.frame_dim > 0:
       x = heads.FrameReduction(
-          self.frame_dim, relu=self.reduction_relu, dtype=dtype,
-          param_dtype=param_dtype, name="reduction")(x, train=train,
-                                                     mask=fmask)
+          self.frame_dim, relu=self.reduction_relu,
+          batch_norm=self.reduction_norm, use_bias=self.reduction_bias,
+          dtype=dtype, param_dtype=param_dtype, name="reduction")(
+              x, train=train, mask=fmask)
     return common.unfold_time(x, b), common.unfold_time(maps, b)

@@ -53,8 +53,11 @@ class FramewiseModel(nn.Module):
     last_stride: stride of the last ResNet stage (1 for ReID).
     frame_dim: d, the per-frame feature size after the `reduction` layer;
       0 keeps the backbone's pooled feature (no reduction layer).
-    reduction_relu: ReLU after the reduction BN.
-    neck: "bnneck" (Luo et al.) or "none" (linear classifier, no BN).
+    reduction_relu: ReLU at the end of the reduction.
+    reduction_norm: BatchNorm in the reduction (GLTR: yes; M3D: no).
+    reduction_bias: bias in the reduction's Dense (M3D: yes).
+    neck: "bnneck" (Luo et al.), "none" (linear classifier, no BN) or
+      "bn_relu_dropout" (M3D's code head).
     neck_feat: retrieval embedding taken "after" or "before" the BN-neck.
     zero_init_residual: zero-init the last BN gamma of each ResNet block.
     use_flow: read optical flow through a second stem (STAR eq. 2; the
@@ -68,6 +71,8 @@ class FramewiseModel(nn.Module):
   last_stride: int = 1
   frame_dim: int = 0
   reduction_relu: bool = False
+  reduction_norm: bool = True
+  reduction_bias: bool = False
   neck: str = "bnneck"
   neck_feat: str = "after"
   zero_init_residual: bool = False
@@ -105,7 +110,9 @@ class FramewiseModel(nn.Module):
         arch=self.arch, width=self.width, last_stride=self.last_stride,
         zero_init_residual=self.zero_init_residual, flow_stem=self.use_flow,
         frame_dim=self.frame_dim, reduction_relu=self.reduction_relu,
-        dtype=self.compute_dtype, param_dtype=param_dtype)
+        reduction_norm=self.reduction_norm,
+        reduction_bias=self.reduction_bias, dtype=self.compute_dtype,
+        param_dtype=param_dtype)
     # The encoder's `backbone` and `reduction` live at the top of our tree.
     nn.share_scope(self, self.encoder)
     self.layers = tuple(self.temporal_layers())
@@ -142,7 +149,10 @@ class FramewiseModel(nn.Module):
     features, extra = self.pooling[0](self.aggregator_input(h, maps),
                                       full_mask, train=train)
     aux.update(extra)
-    embedding, head_aux = self.head(features, train=train)
+    # A clip without a real frame stays out of the head's BN statistics.
+    embedding, head_aux = self.head(
+        features, train=train,
+        mask=None if mask is None else full_mask.any(axis=1))
     aux.update(head_aux)
     return embedding, aux
 

@@ -16,6 +16,9 @@ the identity logits, with one of two necks:
 * "none": a linear classifier with bias on f_t and retrieval on f_t, the
   head of Gao & Nevatia (2018) and STAR (PyTorch's default Linear init,
   U(+-1/sqrt(fan_in))).
+* "bn_relu_dropout": M3D's training head (its public code): BatchNorm ->
+  ReLU -> Dropout(0.5) -> a linear classifier (N(0, 0.001^2), zero bias);
+  retrieval on f_t, before the BatchNorm.
 """
 
 from __future__ import annotations
@@ -30,21 +33,28 @@ from vreid_jax.models import common
 
 ModuleDef = Any
 
-NECKS = ("bnneck", "none")
+NECKS = ("bnneck", "none", "bn_relu_dropout")
 NECK_FEATS = ("after", "before")
 
 class FrameReduction(nn.Module):
-  """Per-frame reduction: Dense (no bias) -> BatchNorm [-> ReLU].
+  """Per-frame reduction: Dense -> [BatchNorm] [-> ReLU].
+
+  GLTR: Dense (no bias) + BN + ReLU; M3D: a plain Dense with bias
+  (`use_bias=True, batch_norm=False, relu=False`).
 
   Attributes:
-    features: output dimension d (GLTR: 128).
-    relu: apply a ReLU after the BN.
+    features: output dimension d (GLTR, M3D: 128).
+    relu: apply a ReLU at the end.
+    batch_norm: BatchNorm after the Dense.
+    use_bias: bias in the Dense.
     dtype: computation dtype.
     param_dtype: parameter dtype.
     norm: BatchNorm constructor (default `common.BatchNorm`).
   """
   features: int
   relu: bool = True
+  batch_norm: bool = True
+  use_bias: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   norm: ModuleDef = common.BatchNorm
@@ -65,12 +75,13 @@ class FrameReduction(nn.Module):
     common.check_shape(x, (None, None), f"{self.name}: features (N, C)")
     dtype = common.resolve_dtype(self.dtype)
     param_dtype = common.resolve_dtype(self.param_dtype)
-    y = nn.Dense(self.features, use_bias=False,
+    y = nn.Dense(self.features, use_bias=self.use_bias,
                  kernel_init=nn.initializers.kaiming_normal(),
                  dtype=dtype, param_dtype=param_dtype, name="dense")(x)
-    bn_mask = None if mask is None else mask.astype(bool)[:, None]
-    y = self.norm(use_running_average=not train, dtype=dtype,
-                  param_dtype=param_dtype, name="bn")(y, mask=bn_mask)
+    if self.batch_norm:
+      bn_mask = None if mask is None else mask.astype(bool)[:, None]
+      y = self.norm(use_running_average=not train, dtype=dtype,
+                    param_dtype=param_dtype, name="bn")(y, mask=bn_mask)
     return nn.relu(y) if self.relu else y
 
 
@@ -79,9 +90,11 @@ class EmbeddingHead(nn.Module):
 
   Attributes:
     num_classes: number of training identities; 0 builds no classifier.
-    neck: "bnneck" (Luo et al.) or "none" (a linear classifier on f_t).
+    neck: "bnneck" (Luo et al.), "none" (a linear classifier on f_t) or
+      "bn_relu_dropout" (M3D's code).
     neck_feat: with the BN-neck, retrieve with the feature "after" the BN
-      (f_i) or "before" it (f_t). Ignored without a neck.
+      (f_i) or "before" it (f_t). Ignored by the other necks (f_t).
+    dropout: the dropout rate of "bn_relu_dropout".
     dtype: computation dtype (the models pass float32: the head is tiny and
       the logits feed a softmax).
     param_dtype: parameter dtype.
@@ -90,18 +103,22 @@ class EmbeddingHead(nn.Module):
   num_classes: int = 0
   neck: str = "bnneck"
   neck_feat: str = "after"
+  dropout: float = 0.5
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   norm: ModuleDef = common.BatchNorm
 
   @nn.compact
-  def __call__(self, x: jax.Array, *,
-               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array, *, train: bool,
+               mask: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Applies the head.
 
     Args:
       x: (B, D) clip feature f_t.
       train: BN uses batch statistics when True.
+      mask: optional (B,) bool: rows that are real clips (a clip with no
+        real frame is left out of the BatchNorm's batch statistics).
 
     Returns:
       (embedding (B, D), aux) all float32; aux has "features" (f_t, for the
@@ -118,11 +135,13 @@ class EmbeddingHead(nn.Module):
     param_dtype = common.resolve_dtype(self.param_dtype)
     x = x.astype(jnp.float32)
     aux = {"features": x}
+    bn_mask = None if mask is None else mask.astype(bool)[:, None]
     if self.neck == "bnneck":
       # Bias-free BN: Luo et al. freeze the BN shift so that the
       # classifier's hyperplanes pass through the origin of f_i.
       f_i = self.norm(use_running_average=not train, use_bias=False,
-                      dtype=dtype, param_dtype=param_dtype, name="bn")(x)
+                      dtype=dtype, param_dtype=param_dtype, name="bn")(
+                          x, mask=bn_mask)
       if self.num_classes > 0:
         # Luo et al. initialise the classifier with N(0, 0.001^2).
         aux["logits"] = nn.Dense(
@@ -130,6 +149,16 @@ class EmbeddingHead(nn.Module):
             kernel_init=nn.initializers.normal(0.001), dtype=dtype,
             param_dtype=param_dtype, name="classifier")(f_i)
       embedding = f_i if self.neck_feat == "after" else x
+    elif self.neck == "bn_relu_dropout":
+      y = nn.relu(self.norm(use_running_average=not train, dtype=dtype,
+                            param_dtype=param_dtype, name="bn")(
+                                x, mask=bn_mask))
+      y = nn.Dropout(self.dropout, deterministic=not train)(y)
+      if self.num_classes > 0:
+        aux["logits"] = nn.Dense(
+            self.num_classes, kernel_init=nn.initializers.normal(0.001),
+            dtype=dtype, param_dtype=param_dtype, name="classifier")(y)
+      embedding = x
     else:
       if self.num_classes > 0:
         aux["logits"] = nn.Dense(

@@ -193,6 +193,8 @@ class ResNet(nn.Module):
     zero_init_residual: last BN gamma of each block starts at 0.
     flow_stem: add STAR's optical-flow stem (eq. 2), summed with the RGB
       stem after the max pool; `__call__` then needs `flow`.
+    in_channels: channels of the input images (3; 2 for a ResNet on
+      optical flow, e.g. M3D's RGB + flow two-stream baseline).
     dtype: computation dtype.
     param_dtype: parameter dtype.
     conv: conv constructor; defaults to bias-free nn.Conv with torchvision's
@@ -205,6 +207,7 @@ class ResNet(nn.Module):
   last_stride: int = 2
   zero_init_residual: bool = False
   flow_stem: bool = False
+  in_channels: int = 3
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   conv: ModuleDef | None = None
@@ -228,7 +231,8 @@ class ResNet(nn.Module):
       (N, H/32, W/32, num_features) feature map (H/16, W/16 when
       last_stride == 1).
     """
-    common.check_shape(x, (None, None, None, 3), f"{self.name}: images")
+    common.check_shape(x, (None, None, None, self.in_channels),
+                       f"{self.name}: images")
     stage_sizes, block_cls = arch_spec(self.arch)
     dtype = common.resolve_dtype(self.dtype)
     param_dtype = common.resolve_dtype(self.param_dtype)
@@ -442,10 +446,19 @@ def load_torchvision(variables: Mapping[str, Any],
   weights = {k.removeprefix("module."): v for k, v in weights.items()}
   new = flax_backbone_weights(weights, arch=arch)
   target = weights_lib.flatten(
-      variables.get("params", {}).get(subtree, {}))
+      weights_lib.get_subtree(variables.get("params", {}), subtree))
   if "flow_conv1/kernel" in target and "flow_conv1/kernel" not in new[
       "params"]:
     new = flow_stem_from_rgb(new)
+  stem = new["params"].get("conv1/kernel")
+  want = target.get("conv1/kernel")
+  if stem is not None and want is not None and (
+      np.shape(want)[2] != np.shape(stem)[2]):
+    # A ResNet on other input channels (optical flow): TSN's
+    # cross-modality init, the RGB kernel averaged over its inputs.
+    new["params"]["conv1/kernel"] = np.repeat(
+        np.asarray(stem).mean(axis=2, keepdims=True), np.shape(want)[2],
+        axis=2)
   return weights_lib.merge_subtree(variables, subtree, new,
                                    what=f"{arch} weights into {subtree}")
 

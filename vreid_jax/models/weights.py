@@ -240,6 +240,23 @@ def check_against(what: str, new: Mapping[str, Mapping[str, Any]],
     raise WeightImportError(report(what, missing, unexpected, mismatched))
 
 
+def get_subtree(tree: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+  """tree["a"]["b"] for path "a/b" ({} where absent)."""
+  node = tree
+  for part in path.split("/"):
+    node = node.get(part, {}) if isinstance(node, Mapping) else {}
+  return node
+
+
+def _set_subtree(tree: dict[str, Any], path: str, value: Any) -> None:
+  *parents, leaf = path.split("/")
+  node = tree
+  for part in parents:
+    node[part] = dict(node.get(part, {}))
+    node = node[part]
+  node[leaf] = value
+
+
 def merge_subtree(variables: Mapping[str, Any], subtree: str,
                   new: Mapping[str, Mapping[str, Any]], *,
                   what: str) -> dict[str, Any]:
@@ -247,8 +264,8 @@ def merge_subtree(variables: Mapping[str, Any], subtree: str,
 
   Args:
     variables: model variables (not modified).
-    subtree: the top-level module whose variables are replaced (e.g.
-      "backbone").
+    subtree: the module whose variables are replaced: a top-level name
+      ("backbone") or a '/'-path ("temporal/backbone").
     new: {"params": flat, "batch_stats": flat} with '/'-joined keys relative
       to the subtree.
     what: what is loaded, for the message.
@@ -265,7 +282,7 @@ def merge_subtree(variables: Mapping[str, Any], subtree: str,
   missing, unexpected, mismatched = [], [], []
   merged = {}
   for collection in COLLECTIONS:
-    current = flatten(variables.get(collection, {}).get(subtree, {}))
+    current = flatten(get_subtree(variables.get(collection, {}), subtree))
     if not current and collection == "params":
       raise WeightImportError(
           f"Cannot load {what}: the model has no {collection}/{subtree} "
@@ -286,5 +303,6 @@ def merge_subtree(variables: Mapping[str, Any], subtree: str,
   for collection in COLLECTIONS:
     if merged[collection]:
       variables[collection] = dict(variables[collection])
-      variables[collection][subtree] = unflatten(merged[collection])
+      _set_subtree(variables[collection], subtree,
+                   unflatten(merged[collection]))
   return variables
