@@ -17,6 +17,8 @@ Controls: average pooling, and the 3D CNN on frame-shuffled clips.
   python benchmarks/compare_temporal.py --seeds=0,1,2 \
       --workdir=/tmp/compare --out=/tmp/compare/out
   python benchmarks/compare_temporal.py --models=gltr,gao_c3d --steps=50
+  python benchmarks/compare_temporal.py --tabulate --seeds=0,1,2 \
+      --workdir=/tmp/compare      # the table of whatever has finished
 
 Writes `<out>/compare_temporal.md` (mean +- sample std over the seeds of
 mAP, R1, motion-twin mAP, twin-pair mAP (each twin query against only its
@@ -150,16 +152,25 @@ def make_config(key: str, *, steps: int, seed: int, data_dir: str,
   return config
 
 
-def _run(key: str, seed: int, args) -> dict:
-  from vreid_jax import train
-  workdir = os.path.join(args.workdir, f"{key}_seed{seed}")
-  metrics_path = os.path.join(workdir, "metrics.json")
+def _finished(key: str, seed: int, args) -> dict | None:
+  """The metrics of a finished run of this protocol, else None."""
+  metrics_path = os.path.join(args.workdir, f"{key}_seed{seed}",
+                              "metrics.json")
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       res = json.load(f)
     if res.get("step") == args.steps:
-      print(f"{key} seed {seed}: reusing {metrics_path}", flush=True)
       return res | {"seconds": None}
+  return None
+
+
+def _run(key: str, seed: int, args) -> dict:
+  from vreid_jax import train
+  workdir = os.path.join(args.workdir, f"{key}_seed{seed}")
+  res = _finished(key, seed, args)
+  if res is not None:
+    print(f"{key} seed {seed}: reusing {workdir}/metrics.json", flush=True)
+    return res
   config = make_config(key, steps=args.steps, seed=seed,
                        data_dir=args.data_dir,
                        dataset_config=args.dataset_config,
@@ -209,15 +220,16 @@ def write_outputs(rows: dict, args) -> str:
            f" seeds {', '.join(map(str, seeds))} "
            + ("(mean +- sample std)" if len(seeds) > 1 else ""),
            "",
-           "| model | config | mAP | R1 | motion-twin mAP | twin-pair mAP | "
-           "attention on occluded / clean frames |",
-           "|---|---|---|---|---|---|---|"]
+           "| model | config | seeds | mAP | R1 | motion-twin mAP | "
+           "twin-pair mAP | attention on occluded / clean frames |",
+           "|---|---|---|---|---|---|---|---|"]
   for key, runs in rows.items():
     label, source, fields, *rest = ENTRIES[key]
     where = source + "".join(f" {k}={v}" for k, v in fields.items()) + (
         "".join(f" {k}={v}" for k, v in rest[0].items()) if rest else "")
     lines.append(
-        f"| {label} | `{where}` | {_fmt([r['mAP'] for r in runs])} | "
+        f"| {label} | `{where}` | {len(runs)} | "
+        f"{_fmt([r['mAP'] for r in runs])} | "
         f"{_fmt([r['R1'] for r in runs])} | "
         f"{_fmt([r['twin_mAP'] for r in runs])} | "
         f"{_fmt([r['twin_pair_mAP'] for r in runs])} | "
@@ -269,6 +281,10 @@ def main(argv=None):
   parser.add_argument("--set", action="append", default=[],
                       help="a config override for every run, e.g. "
                       "--set=input.pair_motion_twins=True (repeatable)")
+  parser.add_argument("--tabulate", action="store_true",
+                      help="train nothing: tabulate the finished runs in "
+                      "--workdir (a row per model with at least one seed; "
+                      "the seeds column says how many)")
   parser.add_argument("--data_dir", default="",
                       help="TFDS data dir (the synthetic dataset is built "
                       "there on first use)")
@@ -289,7 +305,14 @@ def main(argv=None):
   t0 = time.time()
   for key in keys:
     for seed in args.seeds:
-      rows.setdefault(key, []).append(_row(_run(key, seed, args)))
+      if args.tabulate:
+        res = _finished(key, seed, args)
+        if res is None:
+          print(f"{key} seed {seed}: not run")
+          continue
+      else:
+        res = _run(key, seed, args)
+      rows.setdefault(key, []).append(_row(res))
   table = write_outputs(rows, args)
   print("\n" + table)
   print(f"\nwall time {time.time() - t0:.0f} s; outputs in {args.out}")

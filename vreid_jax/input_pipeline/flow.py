@@ -24,6 +24,13 @@ Convention (the common two-stream one):
 
 `FlowSource(data_dir, dataset, split)[record]` returns the list of PNG bytes
 of one record, one per RGB frame; `decode_flow` turns one into float pixels.
+The flow may be stored at another size than the frames (data_prep/flow.py
+--size): readers resize it (`augment.decode_flow_clip` scales the vectors).
+
+Two backends fill the store with the same TV-L1 scheme and parameters:
+OpenCV's DualTVL1OpticalFlow (`tvl1_factory`) and `vreid_jax.flow` (JAX,
+batched over devices); `tracklet_pairs` and `assemble_tracklet` are the
+per-tracklet convention both share.
 """
 
 from __future__ import annotations
@@ -131,24 +138,66 @@ def _resized(grey: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   return np.asarray(img)
 
 
+def tracklet_pairs(frames: Sequence[bytes],
+                   size: tuple[int, int] | None = None
+                   ) -> tuple[list[tuple[np.ndarray, np.ndarray]],
+                              tuple[int, int]]:
+  """The grey (frame t, frame t+1) pairs whose flow a tracklet stores.
+
+  Frame t+1 is resized to frame t's size (both to `size` if given).
+
+  Returns:
+    (the len(frames) - 1 uint8 pairs, the first frame's flow size).
+  """
+  if not frames:
+    return [], tuple(size) if size is not None else (0, 0)
+  greys = [_grey(f) for f in frames]
+  if size is not None:
+    greys = [_resized(g, tuple(size)) for g in greys]
+  pairs = [(greys[t], _resized(greys[t + 1], greys[t].shape))
+           for t in range(len(greys) - 1)]
+  return pairs, greys[0].shape
+
+
+def assemble_tracklet(flows: Sequence[np.ndarray], num_frames: int,
+                      shape: tuple[int, int],
+                      bound: float = BOUND) -> list[bytes]:
+  """Encoded flow frames of a tracklet from the flow of its pairs.
+
+  The last frame repeats the flow before it; a one-frame tracklet gets
+  zero flow of `shape`.
+  """
+  if num_frames == 0:
+    return []
+  if len(flows) != num_frames - 1:
+    raise ValueError(f"{len(flows)} flows for {num_frames} frames")
+  out = [encode_flow(f, bound) for f in flows]
+  if out:
+    out.append(out[-1])
+  else:
+    out.append(encode_flow(np.zeros(tuple(shape) + (2,), np.float32), bound))
+  return out
+
+
 def tracklet_flow(frames: Sequence[bytes], tvl1: Any = None,
-                  bound: float = BOUND) -> list[bytes]:
-  """Encoded flow of each frame of a tracklet (see the module docstring)."""
+                  bound: float = BOUND,
+                  size: tuple[int, int] | None = None) -> list[bytes]:
+  """Encoded flow of each frame of a tracklet (see the module docstring).
+
+  Args:
+    frames: encoded RGB frames.
+    tvl1: an object with OpenCV's `calc(I0, I1, flow)` (default: OpenCV's
+      DualTVL1OpticalFlow; `vreid_jax.flow.DualTVL1` is the JAX one).
+    bound: quantisation bound (pixels).
+    size: compute (and store) the flow at this (height, width) instead of
+      each frame's own size.
+  """
   if not frames:
     return []
   tvl1 = tvl1 if tvl1 is not None else tvl1_factory()()
-  out: list[bytes] = []
-  cur = _grey(frames[0])
-  for t in range(len(frames) - 1):
-    nxt = _grey(frames[t + 1])
-    out.append(encode_flow(tvl1.calc(cur, _resized(nxt, cur.shape), None),
-                           bound))
-    cur = nxt
-  if out:
-    out.append(out[-1])  # The last frame repeats the flow before it.
-  else:
-    out.append(encode_flow(np.zeros(cur.shape + (2,), np.float32), bound))
-  return out
+  pairs, shape = tracklet_pairs(frames, size)
+  flows = [tvl1.calc(a, b, None) for a, b in pairs]
+  return assemble_tracklet(flows, len(frames), shape, bound)
 
 
 def flow_dir(builder_data_dir: str) -> str:
@@ -157,11 +206,20 @@ def flow_dir(builder_data_dir: str) -> str:
 
 def write_flow_store(builder_data_dir: str, split: str,
                      records: Iterable[list[bytes]],
-                     num_frames: Sequence[int]) -> str:
+                     num_frames: Sequence[int], method: str = METHOD,
+                     extra: dict[str, Any] | None = None) -> str:
   """Writes the flow of a split (records in order); returns its path.
 
   Written to a temporary name and renamed when complete, so an interrupted
   run leaves no half store behind.
+
+  Args:
+    builder_data_dir: the built dataset's folder.
+    split: the split.
+    records: the encoded flow frames of each record, in record order.
+    num_frames: RGB frames per record (checked).
+    method: how the flow was computed (stored in the JSON).
+    extra: more JSON fields (e.g. the parameters).
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   folder = flow_dir(builder_data_dir)
@@ -183,10 +241,11 @@ def write_flow_store(builder_data_dir: str, split: str,
     os.remove(tmp)
     raise ValueError(f"{split}: wrote {count} of {len(num_frames)} records")
   with open(os.path.join(folder, f"{split}.json"), "w") as f:
-    json.dump({"method": METHOD, "bound": BOUND,
+    json.dump({"method": method, "bound": BOUND,
                "encoding": "2-channel PNG (LA): x then y displacement, "
                            "uint8 = round((f + bound) * 255 / (2 * bound))",
                "alignment": "frame t: flow t -> t+1; last frame repeats",
+               **(extra or {}),
                "num_frames": [int(n) for n in num_frames]}, f)
   os.replace(tmp, path)
   return path

@@ -871,6 +871,57 @@ def occluded_frames(plan: TrackletPlan, camera: Camera,
   return np.abs(pole_x - w / 2) < half
 
 
+@dataclasses.dataclass(frozen=True)
+class CropGeometry:
+  """Where things are in each frame of a tracklet (arrays of shape (T,)).
+
+  Attributes:
+    offset: strip column shown in image column 0: the background at image
+      column j of frame t is strip column offset[t] + j, so it moves by
+      offset[t] - offset[t + 1] pixels in x from frame t to t + 1.
+    centre_x: x of the hips, pixels.
+    feet_y: y of the ground contact, pixels.
+    scale: standing height, pixels.
+    phase: gait phase, radians.
+  """
+  offset: np.ndarray
+  centre_x: np.ndarray
+  feet_y: np.ndarray
+  scale: np.ndarray
+  phase: np.ndarray
+
+
+def crop_geometry(plan: TrackletPlan, camera: Camera, spec: WorldSpec,
+                  rng: np.random.Generator | None = None) -> CropGeometry:
+  """The crop of every frame: background scroll and the figure's placement.
+
+  Args:
+    plan: the tracklet.
+    camera: its camera.
+    spec: the world's sizes.
+    rng: the tracklet's generator, before any draw (default: a new one from
+      `plan.seed`); the detector jitter is its first three draws.
+  """
+  h, w = spec.image_size
+  rng = np.random.default_rng(plan.seed) if rng is None else rng
+  motion = plan.identity.motion
+  f = np.asarray(plan.frame_numbers, np.float64)
+  n = len(f)
+  body = camera.scale * plan.identity.appearance.height * h
+  d = 1.0 if plan.rightward else -1.0
+  # Detector jitter: the crop is not perfectly centred or scaled.
+  jitter_x = rng.normal(0, 0.03, n) * w
+  jitter_y = rng.normal(0, 0.015, n) * h
+  scale = body * (1.0 + rng.normal(0, 0.02, n))
+  # The crop follows the person, so the background scrolls past.
+  x_world = (plan.world_x + d * motion.speed * f) * body
+  offset = np.round(x_world - w / 2 - jitter_x).astype(np.int64)
+  return CropGeometry(
+      offset=offset, centre_x=w / 2 + jitter_x,
+      feet_y=0.5 * (h + scale) + 0.02 * h + jitter_y, scale=scale,
+      phase=motion.phase + 2 * np.pi * f / motion.period)
+
+
 def render_frames(plan: TrackletPlan, camera: Camera,
                   spec: WorldSpec) -> np.ndarray:
   """Renders a planned tracklet as uint8 (T, H, W, 3) frames (before blur).
@@ -887,28 +938,16 @@ def render_frames(plan: TrackletPlan, camera: Camera,
   strip = _background(camera, h, w)
   rng = np.random.default_rng(plan.seed)
   ident = plan.identity
-  motion = ident.motion
-  f = np.asarray(plan.frame_numbers, np.float64)
-  n = len(f)
-  body = camera.scale * ident.appearance.height * h
-  d = 1.0 if plan.rightward else -1.0
-  # Detector jitter: the crop is not perfectly centred or scaled.
-  jitter_x = rng.normal(0, 0.03, n) * w
-  jitter_y = rng.normal(0, 0.015, n) * h
-  scale = body * (1.0 + rng.normal(0, 0.02, n))
-  # The crop follows the person, so the background scrolls past.
-  x_world = (plan.world_x + d * motion.speed * f) * body
-  offset = np.round(x_world - w / 2 - jitter_x).astype(np.int64)
-  cols = (offset[:, None] + np.arange(w)[None, :]) % strip.shape[1]
+  n = len(plan.frame_numbers)
+  geo = crop_geometry(plan, camera, spec, rng)
+  cols = (geo.offset[:, None] + np.arange(w)[None, :]) % strip.shape[1]
   img = np.ascontiguousarray(strip[:, cols].transpose(1, 0, 2, 3))
-  feet_y = 0.5 * (h + scale) + 0.02 * h + jitter_y
-  centre_x = w / 2 + jitter_x
-  phase = motion.phase + 2 * np.pi * f / motion.period
-  draw_person(img, ident, phase, centre_x, feet_y, scale, plan.rightward)
+  draw_person(img, ident, geo.phase, geo.centre_x, geo.feet_y, geo.scale,
+              plan.rightward)
   occ = plan.occlusion
   if occ is not None:
     # A world-fixed pole is in front of the person's centre at `occ.start`.
-    pole_x = _pole_x(plan, camera, spec, centre_x)
+    pole_x = _pole_x(plan, camera, spec, geo.centre_x)
     for i in range(n):
       _paint_occlusion(img[i], occ, i, float(pole_x[i]))
   # Illumination: camera gain, colour cast, vertical gradient, flicker.
