@@ -77,15 +77,9 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def init_variables(model: nn.Module, rng: jax.Array,
-                   inputs: Mapping[str, Any]) -> dict[str, Any]:
-  """Initialises the model on `inputs` (e.g. `preprocess.dummy_inputs`).
+def _init_fn(model: nn.Module):
+  """rng, inputs -> the model's {"params", "batch_stats"} (pure)."""
 
-  Jitted: eager initialisation of even a small ResNet takes seconds of
-  XLA's RNG code op by op on a CPU.
-  """
-
-  @jax.jit
   def init(rng, inputs):
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init({"params": params_rng, "dropout": dropout_rng},
@@ -93,7 +87,34 @@ def init_variables(model: nn.Module, rng: jax.Array,
     return {"params": variables["params"],
             "batch_stats": variables.get("batch_stats", {})}
 
-  return init(rng, dict(inputs))
+  return init
+
+
+# XLA options for the one-off initialisation: LLVM's optimisation of the
+# random-number code (one threefry per parameter) dominated start-up on a
+# CPU (GoogLeNet x2 + ST2N: 41 s at the default level, 7 s at 0), and the
+# code runs once. Deterministic like any compile; the values may differ in
+# the last bit from a default-level compile.
+_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def init_variables(model: nn.Module, rng: jax.Array,
+                   inputs: Mapping[str, Any]) -> dict[str, Any]:
+  """Initialises the model on `inputs` (e.g. `preprocess.dummy_inputs`).
+
+  Jitted (eager initialisation of even a small ResNet takes seconds of
+  XLA's RNG code op by op on a CPU) and compiled with
+  `_INIT_COMPILER_OPTIONS`. Under a trace (`jax.eval_shape`) it is the
+  plain function.
+  """
+  init = _init_fn(model)
+  inputs = dict(inputs)
+  if any(isinstance(x, jax.core.Tracer)
+         for x in jax.tree.leaves((rng, inputs))):
+    return init(rng, inputs)
+  compiled = jax.jit(init).lower(rng, inputs).compile(
+      compiler_options=_INIT_COMPILER_OPTIONS)
+  return compiled(rng, inputs)
 
 
 def create_train_state(variables, tx: optax.GradientTransformation,
