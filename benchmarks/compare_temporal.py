@@ -11,7 +11,12 @@ frames with twins in the same batch, Adam 3e-3 with a cosine decay), the
 same losses (label-smoothed cross-entropy + batch-hard triplet) and head
 (BN-neck), and the same evaluation (dense 4-frame test clips; the re-id,
 motion-twin and attention-vs-occlusion evaluators). GLTR's frame features
-keep their reduction (d = 64); the image baseline trains on single frames.
+keep their reduction (d = 64); the image baseline trains on single frames;
+TRL keeps its GoogLeNet at a quarter of its width (`width` 16 of 64), and
+its two-stream rows add the alignment stream's cross-entropy and draw
+ST2N's boxes (`stn_boxes_<i>.png` in the entry's workdir); STAR runs on the
+protocol's ResNet-18 with a 64-channel ConvLSTM and adds its pyramid
+ranking regulariser.
 Controls: average pooling, and the 3D CNN on frame-shuffled clips.
 
   python benchmarks/compare_temporal.py --seeds=0,1,2 \
@@ -46,6 +51,21 @@ import ml_collections
 import numpy as np
 
 from vreid_jax import config_utils
+
+# TRL's alignment-stream classifier and ST2N's boxes (two-stream entries):
+# the protocol's losses read only `logits`.
+TRL_CE_ALIGN = {"type": "softmax_cross_entropy", "weight": 1.0,
+                "label_smoothing": 0.1, "inputs": {"logits": "logits_align"}}
+TRL_STN_BOXES = {"type": "stn_boxes", "source": "reid", "every_steps": 0,
+                 "num_tracklets": 4, "max_frames": 8}
+
+# STAR's pyramid ranking regulariser (eq. 9-10, lambda = 0.1; the protocol's
+# losses are CE + triplet) and a GSTA sized to the width-16 trunk (the
+# paper's 512-channel ConvLSTM would be 9.4 M parameters on its 512-channel
+# maps).
+STAR_RPR = {"type": "pyramid_ranking", "weight": 0.1, "margin": 0.4,
+            "levels": 3}
+STAR_SMALL = {"gsta_hidden": 64, "attention_hidden": 32}
 
 # key -> (label, config[:row], model fields selecting the variant[, other
 # config overrides]).
@@ -92,11 +112,37 @@ ENTRIES = {
     "flow_avg": ("avg pooling + flow stem (STAR eq. 2) [flow]",
                  "configs/gltr_mars.py", {"temporal": "avg",
                                           "use_flow": True}),
+    "trl_lstm_g": ("TRL Table I: GoogLeNet + LSTM_g",
+                   "configs/trl_mars.py:lstm_g", {}),
+    "trl_bilstm_g": ("TRL Table I: GoogLeNet + BiLSTM_g (Baseline)",
+                     "configs/trl_mars.py:bilstm_g", {}),
+    "trl_bilstm_s": ("TRL Table I: GoogLeNet + BiLSTM_s",
+                     "configs/trl_mars.py:bilstm_s", {}),
+    "trl": ("TRL: BiLSTM_g + BiLSTM_s (temporal residuals)",
+            "configs/trl_mars.py:trl", {}),
+    "trl_stn": ("TRL + per-frame STN (two streams)",
+                "configs/trl_mars.py:trl_stn", {},
+                {"losses.ce_align": TRL_CE_ALIGN,
+                 "evals.stn_boxes": TRL_STN_BOXES}),
+    "trl_st2n": ("TRL + ST2N (two streams, the paper's model)",
+                 "configs/trl_mars.py:full", {},
+                 {"losses.ce_align": TRL_CE_ALIGN,
+                  "evals.stn_boxes": TRL_STN_BOXES}),
+    "star": ("STAR: LSTA + GSTA + R_pr [flow]", "configs/star_mars.py:full",
+             STAR_SMALL, {"losses.pyramid_ranking": STAR_RPR}),
+    "star_noflow": ("STAR without flow (RGB)", "configs/star_mars.py:no_flow",
+                    STAR_SMALL, {"losses.pyramid_ranking": STAR_RPR}),
+    "star_lsta": ("STAR Table 3: LSTA, avg pooling [flow]",
+                  "configs/star_mars.py:lsta", {}),
+    "star_gsta": ("STAR: GSTA + R_pr, no LSTA [flow]",
+                  "configs/star_mars.py:no_lsta", STAR_SMALL,
+                  {"losses.pyramid_ranking": STAR_RPR}),
 }
 
 # Entries that read optical flow: run only where the dataset's flow store
 # exists (data_prep/flow.py), marked in the table.
-FLOW_ENTRIES = ("flow_avg", "m3d_flow_two_stream")
+FLOW_ENTRIES = ("flow_avg", "m3d_flow_two_stream", "star", "star_lsta",
+                "star_gsta")
 
 # The shared frame network and head (fields a model has are overridden).
 FRAME_NETWORK = dict(arch="resnet18", width=16, last_stride=1,

@@ -48,6 +48,22 @@ def attention_occlusion_eval(source: str = "reid"
       type="attention_occlusion", source=source, every_steps=0))
 
 
+def stn_boxes_eval(source: str = "reid", *, num_tracklets: int = 4,
+                   max_frames: int = 8) -> ml_collections.ConfigDict:
+  """The boxes a spatial transformer samples, drawn on test frames."""
+  return ml_collections.ConfigDict(dict(
+      type="stn_boxes", source=source, every_steps=0,
+      num_tracklets=num_tracklets, max_frames=max_frames))
+
+
+def star_attention_eval(source: str = "reid", *, num_tracklets: int = 4,
+                        max_frames: int = 8) -> ml_collections.ConfigDict:
+  """Spatial and temporal attention of a few query clips, drawn (STAR)."""
+  return ml_collections.ConfigDict(dict(
+      type="star_attention", source=source, every_steps=0,
+      num_tracklets=num_tracklets, max_frames=max_frames))
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

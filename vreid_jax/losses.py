@@ -103,6 +103,67 @@ def batch_hard_triplet(features: jax.Array, labels: jax.Array, *,
   return per_anchor.sum() / jnp.maximum(valid.sum(), 1)
 
 
+def stripe_bounds(height: int, stripes: int) -> list[tuple[int, int]]:
+  """Rows [start, end) of each of `stripes` horizontal stripes of a map,
+  PyTorch's adaptive-pooling bins (stripes overlap when height < stripes)."""
+  return [(z * height // stripes, -((-(z + 1) * height) // stripes))
+          for z in range(stripes)]
+
+
+def pyramid_ranking(maps: jax.Array, mask: jax.Array, labels: jax.Array, *,
+                    margin: float = 0.4, levels: int = 3) -> jax.Array:
+  """STAR's pyramid ranking regulariser R_pr (Wu et al., BMVC 2019, eq. 9-10).
+
+  The frame maps f (B, T, h, w, C) are cut into G horizontal stripes for
+  each level G in {2^0, ..., 2^(levels-1)} (1, 2, 4 for Z = 3). Stripe z of
+  frame i is average-pooled to f_{i,z} (C); the clip's stripe descriptor is
+  the temporal average plus the temporal maximum over its real frames,
+  d_z = avg_i f_{i,z} + max_i f_{i,z}; each stripe then gets a batch-hard
+  hinge with margin a1 on Euclidean distances (its own hardest positive
+  and negative, the rule of the triplet loss), R_G is the mean over its G
+  stripes and
+
+    R_pr = 1 / (B Z) sum_anchors sum_levels R_G                     (eq. 9)
+
+  Eq. 10 writes the pooled sums with an extra 1/L; the spec reads it as the
+  plain avg + max above (spec 4.6). No parameters. Anchors without a
+  positive or a negative in the batch are left out of the mean (as in
+  `batch_hard_triplet`).
+
+  Args:
+    maps: (B, T, h, w, C) frame maps (STAR: the maps after the last LSTA
+      block, aux["frame_maps"]).
+    mask: (B, T) real frames (bool or 0/1 float, aux["frame_mask"]); padded
+      frames are never read.
+    labels: (B,) identities.
+    margin: a1 (0.4).
+    levels: Z, the pyramid's levels (3).
+  """
+  if maps.ndim != 5:
+    raise ValueError(f"pyramid_ranking: maps must be (B, T, h, w, C), got "
+                     f"{maps.shape}")
+  if levels < 1:
+    raise ValueError(f"pyramid_ranking: levels must be >= 1, got {levels}")
+  maps = maps.astype(jnp.float32)
+  real = mask.astype(bool)
+  m = real[:, :, None, None]
+  count = jnp.maximum(real.sum(axis=1), 1)[:, None, None].astype(jnp.float32)
+  total = jnp.zeros((), jnp.float32)
+  for level in range(levels):
+    g = 2 ** level
+    rows = maps.mean(axis=3)                                 # (B, T, h, C)
+    stripes = jnp.stack([rows[:, :, a:e].mean(axis=2)
+                         for a, e in stripe_bounds(maps.shape[2], g)],
+                        axis=2)                              # (B, T, G, C)
+    avg = jnp.where(m, stripes, 0.0).sum(axis=1) / count
+    mx = jnp.where(m, stripes, -jnp.inf).max(axis=1)
+    mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
+    desc = avg + mx                                          # (B, G, C)
+    total = total + sum(batch_hard_triplet(desc[:, z], labels, margin=margin)
+                        for z in range(g)) / g
+  return total / levels
+
+
 @dataclasses.dataclass(frozen=True)
 class LossType:
   """A loss function and where its tensor arguments come from by default."""
@@ -115,6 +176,9 @@ LOSSES: dict[str, LossType] = {
         softmax_cross_entropy, {"logits": "logits", "labels": "labels"}),
     "batch_hard_triplet": LossType(
         batch_hard_triplet, {"features": "features", "labels": "labels"}),
+    "pyramid_ranking": LossType(
+        pyramid_ranking, {"maps": "frame_maps", "mask": "frame_mask",
+                          "labels": "labels"}),
 }
 
 

@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules from the config.
 
   config.optimizer = dict(name="sgd", momentum=0.9, nesterov=False,
-                          weight_decay=5e-4, grad_clip_norm=0.0)
+                          weight_decay=5e-4, grad_clip_norm=0.0,
+                          grad_clip_value=0.0)
   config.schedule = dict(name="step", base_lr=0.01, warmup_epochs=0,
                          decay_epochs=(120,), decay_factor=0.1)
 
@@ -29,7 +30,10 @@ order, so "first match wins" would depend on the group names); the rest form
 the group "default" (multiplier 1). `lr_mult: 0` freezes a group
 (its parameters never change: no update, no decay; BatchNorm running
 statistics still follow the data in training mode). Gradient clipping
-applies to the global norm of all gradients, before the groups. A pattern
+comes before the groups: `grad_clip_norm` (> 0) rescales all gradients to
+that global norm at most; `grad_clip_value` (> 0, optional field) clips
+every gradient element to [-v, v] (TRL's "clip all gradients in [-5, 5]",
+`optax.clip`); with both, element-wise clipping comes first. A pattern
 that matches nothing is an error. Without groups the optimizer is the plain
 chain below.
 """
@@ -195,9 +199,12 @@ def make_optimizer(cfg, schedule: optax.Schedule
   name = kwargs.pop("name")
   weight_decay = kwargs.pop("weight_decay", 0.0)
   clip = kwargs.pop("grad_clip_norm", 0.0)
+  clip_value = kwargs.pop("grad_clip_value", 0.0)
   kwargs.pop("param_groups", None)
   groups = _groups(cfg)
   parts = []
+  if clip_value:
+    parts.append(optax.clip(float(clip_value)))
   if clip:
     parts.append(optax.clip_by_global_norm(clip))
   if not groups:

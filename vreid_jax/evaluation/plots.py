@@ -4,6 +4,10 @@
 * `plot_ranked_lists`: a query tracklet and its top-k gallery tracklets as
   frame strips, like Fig. 7 of the GLTR paper: green border = true match,
   red = wrong, grey and faded = junk (ignored by the metrics).
+* `plot_boxes`: frames side by side, each with a box (e.g. the region a
+  spatial transformer samples).
+* `plot_attention`: frames side by side with a spatial attention map
+  overlaid, and a clip's per-frame (temporal) attention weights below.
 """
 
 from __future__ import annotations
@@ -134,5 +138,127 @@ def plot_ranked_lists(query_frames: Any, gallery_frames_list: Sequence[Any],
   if title:
     fig.suptitle(title)
   fig.tight_layout()
+  fig.savefig(os.fspath(path), format="png")
+  return os.fspath(path)
+
+
+def plot_boxes(frames: Any, boxes: Any, path: str | os.PathLike, *,
+               title: str | None = None) -> str:
+  """Writes frames side by side, each with its box.
+
+  The panels share limits that cover the frames and every box, so a box
+  that leaves the frame (a spatial transformer zooming out) is drawn whole.
+
+  Args:
+    frames: uint8 (k, H, W, 3).
+    boxes: (k, 4) = (x0, y0, x1, y1) in pixels (may leave the frame).
+    path: output PNG.
+    title: figure title.
+  """
+  frames = np.asarray(frames)
+  boxes = np.asarray(boxes, np.float64)
+  if frames.ndim != 4 or boxes.shape != (frames.shape[0], 4):
+    raise ValueError(f"expected frames (k, H, W, 3) and boxes (k, 4), got "
+                     f"{frames.shape} and {boxes.shape}")
+  # pylint: disable-next=g-import-not-at-top
+  from matplotlib.patches import Rectangle
+  k, h, w = frames.shape[:3]
+  x_lo = min(-0.5, float(boxes[:, 0].min()) - 1.5)
+  x_hi = max(w - 0.5, float(boxes[:, 2].max()) + 0.5)
+  y_lo = min(-0.5, float(boxes[:, 1].min()) - 1.5)
+  y_hi = max(h - 0.5, float(boxes[:, 3].max()) + 0.5)
+  panel_h = 2.4
+  panel_w = max(panel_h * (x_hi - x_lo) / (y_hi - y_lo), 0.8)
+  fig_w = k * panel_w + 0.3
+  lines = []
+  if title:
+    # pylint: disable-next=g-import-not-at-top
+    import textwrap
+    lines = textwrap.wrap(title, max(24, int(fig_w * 13)))
+  fig_h = panel_h + 0.2 + 0.16 * len(lines)
+  fig = _figure(figsize=(fig_w, fig_h), dpi=100)
+  axes = fig.subplots(1, k, squeeze=False)[0]
+  for ax, frame, (x0, y0, x1, y1) in zip(axes, frames, boxes):
+    ax.imshow(frame, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    # Drawn unclipped, so a box on the frame's border stays visible.
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0,
+                           fill=False, edgecolor=MATCH_COLOR, linewidth=2,
+                           clip_on=False))
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_hi, y_lo)
+    ax.set_axis_off()
+  if lines:
+    fig.suptitle("\n".join(lines), fontsize=8)
+  fig.subplots_adjust(left=0.02, right=0.98, bottom=0.03,
+                      top=1.0 - (0.1 + 0.16 * len(lines)) / fig_h,
+                      wspace=0.05)
+  fig.savefig(os.fspath(path), format="png")
+  return os.fspath(path)
+
+
+def plot_attention(frames: Any, maps: Any | None, weights: Any | None,
+                   path: str | os.PathLike, *,
+                   frame_ids: Sequence[int] | None = None,
+                   value_range: tuple[float, float] | None = (0.0, 1.0),
+                   title: str | None = None) -> str:
+  """Writes frames with their spatial attention, and temporal weights.
+
+  Args:
+    frames: uint8 (k, H, W, 3), the frames drawn.
+    maps: (k, h, w) spatial attention of those frames (stretched over the
+      frame, bilinear), or None.
+    weights: (n,) temporal weights of every frame of the clip (bars, the
+      drawn frames in colour; a dashed line at uniform 1/n), or None.
+    path: output PNG.
+    frame_ids: positions of the drawn frames among the n weights.
+    value_range: the maps' colour range (a gate's (0, 1) by default; None =
+      each frame's min to max).
+    title: figure title.
+  """
+  frames = np.asarray(frames)
+  if frames.ndim != 4:
+    raise ValueError(f"expected frames (k, H, W, 3), got {frames.shape}")
+  vmin, vmax = value_range if value_range is not None else (None, None)
+  k, h, w = frames.shape[:3]
+  if maps is not None:
+    maps = np.asarray(maps, np.float64)
+    if maps.ndim != 3 or maps.shape[0] != k:
+      raise ValueError(f"expected maps (k, h, w) for {k} frames, got "
+                       f"{maps.shape}")
+  panel_h = 2.4
+  panel_w = max(panel_h * w / h, 0.8)
+  fig_w = max(k * panel_w + 0.3, 3.0)
+  bars_h = 1.2 if weights is not None else 0.0
+  lines = []
+  if title:
+    # pylint: disable-next=g-import-not-at-top
+    import textwrap
+    lines = textwrap.wrap(title, max(24, int(fig_w * 13)))
+  top = 0.2 + 0.16 * len(lines)
+  fig = _figure(figsize=(fig_w, panel_h + bars_h + top + 0.2), dpi=100)
+  grid = fig.add_gridspec(2 if weights is not None else 1, k,
+                          height_ratios=([panel_h, bars_h]
+                                         if weights is not None else None))
+  for i in range(k):
+    ax = fig.add_subplot(grid[0, i])
+    ax.imshow(frames[i], extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    if maps is not None:
+      ax.imshow(maps[i], cmap="jet", alpha=0.45, interpolation="bilinear",
+                vmin=vmin, vmax=vmax, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_axis_off()
+  if weights is not None:
+    weights = np.asarray(weights, np.float64).reshape(-1)
+    ax = fig.add_subplot(grid[1, :])
+    colors = [JUNK_COLOR] * len(weights)
+    for j in frame_ids if frame_ids is not None else ():
+      colors[int(j)] = QUERY_COLOR
+    ax.bar(np.arange(len(weights)), weights, color=colors)
+    ax.axhline(1.0 / max(len(weights), 1), color="k", linestyle="--",
+               linewidth=0.8)
+    ax.set_xlabel("frame", fontsize=7)
+    ax.set_ylabel("weight", fontsize=7)
+    ax.tick_params(labelsize=6)
+  if lines:
+    fig.suptitle("\n".join(lines), fontsize=8)
   fig.savefig(os.fspath(path), format="png")
   return os.fspath(path)

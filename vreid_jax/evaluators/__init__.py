@@ -54,6 +54,48 @@ class Context:
     return self._datasets[key]
 
 
+class DerivedEvaluator:
+  """Base of the evaluators that build on a re-id evaluator's test set and
+  embedding round, named in their `source` field (motion_twins,
+  attention_occlusion, stn_boxes, star_attention).
+
+  A subclass sets `title` (the name in the printed line) and implements
+  `run`, `_format(results)` and `_scalars(results)`; results with a
+  "skipped" reason (nothing to measure: said, never dropped) print as such
+  and write no scalars.
+  """
+
+  title = ""
+  aux_keys: tuple[str, ...] = ()
+
+  def __init__(self, name: str, cfg, *, context: Context):
+    self.name = name
+    self.cfg = cfg
+    self.every_steps = int(cfg.every_steps)
+    source = context.evaluators.get(cfg.source)
+    if source is None:
+      raise ValueError(
+          f"config.evals.{name}.source={cfg.source!r}: no re-id evaluator of "
+          f"that name is configured before it ({sorted(context.evaluators)})")
+    self.source = source
+
+  def format(self, results: Mapping[str, Any]) -> str:
+    if "skipped" in results:
+      return f"{self.title}: skipped ({results['skipped']})"
+    return self._format(results)
+
+  def scalars(self, results: Mapping[str, Any]) -> dict[str, float]:
+    if "skipped" in results:
+      return {}
+    return self._scalars(results)
+
+  def _format(self, results: Mapping[str, Any]) -> str:
+    raise NotImplementedError
+
+  def _scalars(self, results: Mapping[str, Any]) -> dict[str, float]:
+    raise NotImplementedError
+
+
 def get_class(name: str, cfg) -> type:
   """`vreid_jax.evaluators.<type>.Evaluator` of an instance."""
   return config_utils.import_named("vreid_jax.evaluators",

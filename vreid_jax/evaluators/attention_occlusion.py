@@ -29,25 +29,22 @@ from typing import Any
 from absl import logging
 import numpy as np
 
+from vreid_jax import evaluators as evaluators_lib
 from vreid_jax.evaluators import embedder as embedder_lib
 
 KEY = "frame_weights"
 
 
-class Evaluator:
+class Evaluator(evaluators_lib.DerivedEvaluator):
   """Mean attention weight of occluded vs clean frames (module docstring)."""
+
+  title = "attention vs occlusion"
 
   aux_keys = (KEY,)
 
   def __init__(self, name: str, cfg, *, context):
-    self.name = name
-    self.every_steps = int(cfg.every_steps)
-    source = context.evaluators.get(cfg.source)
-    if source is None:
-      raise ValueError(
-          f"config.evals.{name}.source={cfg.source!r}: no re-id evaluator of "
-          f"that name is configured before it ({sorted(context.evaluators)})")
-    self.source = source
+    super().__init__(name, cfg, context=context)
+    source = self.source
     self.skipped = None
     features = source.data.source(source.data.roles["query"].split)
     try:
@@ -96,18 +93,12 @@ class Evaluator:
             "ratio": occ / clean, "num_clips": clips,
             "num_occluded_frames": int(sum(len(w) for w in occluded_w))}
 
-  @staticmethod
-  def format(results: Mapping[str, Any]) -> str:
-    if "skipped" in results:
-      return f"attention vs occlusion: skipped ({results['skipped']})"
+  def _format(self, results: Mapping[str, Any]) -> str:
     return (f"attention vs occlusion: occluded frames "
             f"x{results['occluded_weight']:.3f}, clean "
             f"x{results['clean_weight']:.3f} of uniform "
             f"({results['num_clips']} clips)")
 
-  @staticmethod
-  def scalars(results: Mapping[str, Any]) -> dict[str, float]:
-    if "skipped" in results:
-      return {}
+  def _scalars(self, results: Mapping[str, Any]) -> dict[str, float]:
     return {"occluded_weight": results["occluded_weight"],
             "clean_weight": results["clean_weight"]}

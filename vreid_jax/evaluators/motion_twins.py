@@ -24,6 +24,7 @@ from absl import logging
 import numpy as np
 
 from vreid_jax import evaluation
+from vreid_jax import evaluators as evaluators_lib
 from vreid_jax.evaluators import embedder as embedder_lib
 
 
@@ -47,18 +48,14 @@ def twin_pair_map(features, test, split, kwargs) -> float:
   return float(np.mean(aps)) if aps else float("nan")
 
 
-class Evaluator:
+class Evaluator(evaluators_lib.DerivedEvaluator):
   """Motion-twin metrics over the test set of a re-id evaluator."""
 
+  title = "motion twins"
+
   def __init__(self, name: str, cfg, *, context):
-    self.name = name
-    self.every_steps = int(cfg.every_steps)
-    source = context.evaluators.get(cfg.source)
-    if source is None:
-      raise ValueError(
-          f"config.evals.{name}.source={cfg.source!r}: no re-id evaluator of "
-          f"that name is configured before it ({sorted(context.evaluators)})")
-    self.source = source
+    super().__init__(name, cfg, context=context)
+    source = self.source
     # Nothing to measure (e.g. a cross-dataset run on MARS): said in the
     # log and in the results, never silently dropped.
     self.skipped = None
@@ -87,17 +84,11 @@ class Evaluator:
     results["pair_mAP"] = twin_pair_map(features, test, split, kwargs)
     return results
 
-  @staticmethod
-  def format(results: Mapping[str, Any]) -> str:
-    if "skipped" in results:
-      return f"motion twins: skipped ({results['skipped']})"
+  def _format(self, results: Mapping[str, Any]) -> str:
     return (f"motion twins: mAP={100 * results['mAP']:.2f}% "
             f"R1={100 * results['cmc']['1']:.2f}% "
             f"pair mAP={100 * results['pair_mAP']:.2f}%")
 
-  @staticmethod
-  def scalars(results: Mapping[str, Any]) -> dict[str, float]:
-    if "skipped" in results:
-      return {}
+  def _scalars(self, results: Mapping[str, Any]) -> dict[str, float]:
     return {"mAP": results["mAP"], "R1": results["cmc"]["1"],
             "pair_mAP": results["pair_mAP"]}

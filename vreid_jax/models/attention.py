@@ -1,4 +1,8 @@
-"""Attention over time, shared by the models that weight frames.
+"""Attention layers shared by the models: over time, and over a feature map.
+
+Besides Gao & Nevatia's temporal attention below, the end of this file has
+the channel + spatial gates of a feature map (`ChannelGate`, `SpatialGate`,
+`ChannelSpatialGate`): STAR's LSTA block (eq. 4-5) and CBAM.
 
 `TemporalAttentionPool` is the temporal attention of Gao & Nevatia
 ("Revisiting Temporal Modeling for Video-based Person ReID", BMVC 2018,
@@ -153,3 +157,188 @@ class TemporalAttentionPool(nn.Module):
     frames = common.zero_padded(frames, mask)
     return jnp.einsum("bt,btc->bc", weights, frames), {
         "attention": weights, "frame_weights": weights}
+
+
+# ---------------------------------------------------------------------------
+# Channel + spatial gates of a feature map: STAR's LSTA block and CBAM.
+#
+# STAR (Wu, Zhu, Gong, BMVC 2019, eq. 4-5), per frame on a map M (h, w, C):
+#
+#   channel (eq. 4):  M_c = M * sigmoid(W4 (relu(W3 avg(M) + b3)
+#                                           + relu(W3 max(M) + b3)) + b4)
+#   spatial (eq. 5):  M_s = [mean_c(M_c), max_c(M_c)]               (h, w, 2)
+#                     M_g = M_c * sigmoid(W6 [relu(W5_d * M_s + b5_d)]_d + b6)
+#
+# W3: C -> C/r shared by both pooled paths, W4: C/r -> C once on their sum;
+# W5_d: a 3x3 conv of dilation d in {1, 2, 3} (padding d, separate weights
+# per dilation, 2 -> 1 channel each: the spec's reading of "W5 ... b5_i"),
+# W6: a 1x1 bottleneck 3 -> 1.
+#
+# CBAM (Woo et al., ECCV 2018), the comparison of STAR's Table 3 / Fig. 6:
+# the MLP is applied to each pooled path and the results summed (so its b4
+# counts twice: STAR's gate with b4 equals CBAM's with b4 / 2), and the
+# spatial gate is one 7x7 conv on [max, mean] (2 -> 1, no bias) + BatchNorm
+# + sigmoid.
+#
+# Init: PyTorch's default (U(+-1/sqrt(fan_in))), as both papers' PyTorch
+# code would have it; CBAM's BatchNorm is the common one.
+
+GATE_FORMS = ("lsta", "cbam")
+
+
+class ChannelGate(nn.Module):
+  """Channel attention of a feature map: STAR eq. 4 or CBAM's.
+
+  Attributes:
+    reduction: r, C -> C / r in the shared MLP (16 in both papers).
+    form: "lsta" (W4 once on the summed paths, eq. 4) or "cbam" (the MLP on
+      each path, summed after W4).
+    dtype: computation dtype (the gate itself is float32).
+    param_dtype: parameter dtype.
+  """
+  reduction: int = 16
+  form: str = "lsta"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Gates (N, h, w, C); returns (gated map, (N, C) channel weights)."""
+    common.check_shape(x, (None, None, None, None),
+                       f"{self.name}: maps (N, h, w, C)")
+    if self.form not in GATE_FORMS:
+      raise ValueError(f"{self.name}: form must be one of {GATE_FORMS}, got "
+                       f"{self.form!r}")
+    c = x.shape[-1]
+    hidden = max(c // self.reduction, 1)
+    param_dtype = common.resolve_dtype(self.param_dtype)
+    dense = lambda n, fan_in, name: nn.Dense(  # pylint: disable=g-long-lambda
+        n, kernel_init=common.torch_kernel_init,
+        bias_init=common.torch_bias_init(fan_in), dtype=jnp.float32,
+        param_dtype=param_dtype, name=name)
+    w3, w4 = dense(hidden, c, "fc1"), dense(c, hidden, "fc2")
+    x32 = x.astype(jnp.float32)
+    avg, mx = jnp.mean(x32, axis=(1, 2)), jnp.max(x32, axis=(1, 2))
+    if self.form == "lsta":
+      logits = w4(nn.relu(w3(avg)) + nn.relu(w3(mx)))
+    else:
+      logits = w4(nn.relu(w3(avg))) + w4(nn.relu(w3(mx)))
+    weights = jax.nn.sigmoid(logits)
+    dtype = common.resolve_dtype(self.dtype)
+    return (x32 * weights[:, None, None, :]).astype(dtype), weights
+
+
+class SpatialGate(nn.Module):
+  """Spatial attention of a feature map: STAR eq. 5 or CBAM's.
+
+  Attributes:
+    form: "lsta" (dilated 3x3 branches + a 1x1 bottleneck, eq. 5) or "cbam"
+      (one 7x7 conv + BatchNorm).
+    kernel_size: the branches' kernel (STAR: 3; Fig. 6's "7x7 kernel as
+      CBAM" variant: 7); CBAM's conv (7).
+    dilations: one branch per dilation (STAR: (1, 2, 3); Fig. 6's "3x3
+      without dilation": (1, 1, 1)).
+    branch_width: output channels of each branch (spec: 1).
+    dtype: computation dtype of the gated map.
+    param_dtype: parameter dtype.
+  """
+  form: str = "lsta"
+  kernel_size: int = 3
+  dilations: tuple[int, ...] = (1, 2, 3)
+  branch_width: int = 1
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False,
+               mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Gates (N, h, w, C).
+
+    Args:
+      x: the map.
+      train: BatchNorm batch statistics (CBAM form only).
+      mask: optional (N,) bool: BatchNorm statistics over True rows only.
+
+    Returns:
+      (gated map, (N, h, w) spatial weights in (0, 1)).
+    """
+    common.check_shape(x, (None, None, None, None),
+                       f"{self.name}: maps (N, h, w, C)")
+    if self.form not in GATE_FORMS:
+      raise ValueError(f"{self.name}: form must be one of {GATE_FORMS}, got "
+                       f"{self.form!r}")
+    param_dtype = common.resolve_dtype(self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean_c, max_c = jnp.mean(x32, axis=-1), jnp.max(x32, axis=-1)
+    k = self.kernel_size
+    if self.form == "lsta":
+      pooled = jnp.stack([mean_c, max_c], axis=-1)            # M_s (eq. 5).
+      branches = []
+      for i, d in enumerate(self.dilations):
+        p = d * (k - 1) // 2
+        branches.append(nn.relu(nn.Conv(
+            self.branch_width, (k, k), kernel_dilation=(d, d),
+            padding=((p, p), (p, p)), kernel_init=common.torch_kernel_init,
+            bias_init=common.torch_bias_init(2 * k * k), dtype=jnp.float32,
+            param_dtype=param_dtype, name=f"dilated_{i}")(pooled)))
+      cat = jnp.concatenate(branches, axis=-1)
+      logits = nn.Conv(1, (1, 1), kernel_init=common.torch_kernel_init,
+                       bias_init=common.torch_bias_init(cat.shape[-1]),
+                       dtype=jnp.float32, param_dtype=param_dtype,
+                       name="bottleneck")(cat)
+    else:
+      pooled = jnp.stack([max_c, mean_c], axis=-1)            # CBAM's order.
+      p = (k - 1) // 2
+      y = nn.Conv(1, (k, k), padding=((p, p), (p, p)), use_bias=False,
+                  kernel_init=common.torch_kernel_init, dtype=jnp.float32,
+                  param_dtype=param_dtype, name="conv")(pooled)
+      bn_mask = None if mask is None else common.expand_mask(
+          mask.astype(bool), 4)
+      logits = common.BatchNorm(use_running_average=not train,
+                                dtype=jnp.float32, param_dtype=param_dtype,
+                                name="bn")(y, mask=bn_mask)
+    weights = jax.nn.sigmoid(logits[..., 0])
+    dtype = common.resolve_dtype(self.dtype)
+    return (x32 * weights[..., None]).astype(dtype), weights
+
+
+class ChannelSpatialGate(nn.Module):
+  """Channel gate, then spatial gate: STAR's LSTA block or CBAM.
+
+  Attributes:
+    form: "lsta" or "cbam" (both gates take it).
+    reduction: r of the channel MLP.
+    kernel_size, dilations: the spatial gate's (`SpatialGate`).
+    spatial: apply the spatial gate (Fig. 6 "w/o spatial attentive conv":
+      False).
+    residual: return M + M_g instead of M_g (not in the paper; spec 4.1's
+      fallback if training is unstable).
+    dtype: computation dtype.
+    param_dtype: parameter dtype.
+  """
+  form: str = "lsta"
+  reduction: int = 16
+  kernel_size: int = 3
+  dilations: tuple[int, ...] = (1, 2, 3)
+  spatial: bool = True
+  residual: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False,
+               mask: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Gates (N, h, w, C); returns (map, {"channel" (N, C)[, "spatial"
+    (N, h, w)]})."""
+    y, channel = ChannelGate(self.reduction, self.form, dtype=self.dtype,
+                             param_dtype=self.param_dtype, name="channel")(x)
+    out = {"channel": channel}
+    if self.spatial:
+      y, out["spatial"] = SpatialGate(
+          self.form, self.kernel_size, tuple(self.dilations),
+          dtype=self.dtype, param_dtype=self.param_dtype, name="spatial")(
+              y, train=train, mask=mask)
+    if self.residual:
+      y = x + y
+    return y, out
