@@ -12,12 +12,6 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The tests' programs are tiny and run a few steps: XLA's CPU compile time,
-# not run time, is most of the suite, and LLVM at level 0 cuts it by about a
-# fifth (tests/test_models_{m3d,trl}.py: 191 s -> 157 s). Results stay
-# deterministic; the CLI tests' subprocesses inherit the flag.
-if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-  os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 # Repeated compiles of the same tiny programs (several runs per test file,
 # subprocess runs) hit the persistent cache instead of XLA. It lives in the
 # temporary directory (never the user's home); .ci/run sets its own.

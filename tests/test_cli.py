@@ -52,7 +52,7 @@ def test_sigkill_then_rerun_resumes_with_identical_metrics(
 def _runlocal(config, workdir, data_dir, *flags):
   """`python -m vreid_jax.main` on one CPU device, as on a user's laptop."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one device
+  env["XLA_FLAGS"] = ""
   out = subprocess.run(
       [sys.executable, "-m", "vreid_jax.main", f"--config={config}",
        f"--workdir={workdir}", f"--config.data_dir={data_dir}",

@@ -23,8 +23,7 @@ def _flags(workdir, data_dir):
 
 def test_two_processes_match_one(synthetic_data_dir, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-             "--xla_backend_optimization_level=0",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   single = tmp_path / "single"
   subprocess.run(_flags(single, synthetic_data_dir), cwd=ROOT, env=env,

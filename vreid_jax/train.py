@@ -179,7 +179,7 @@ def _say(message: str, *args) -> None:
 def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
   if not all(np.isfinite(v) for v in metrics.values()):
     terms = ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())
-                      if k.startswith("loss"))
+                      if k.startswith("loss") or not np.isfinite(v))
     raise NonFiniteLossError(
         f"non-finite loss at step {step}: {terms}. Lower the learning rate "
         "(config.schedule.base_lr), enable gradient clipping "
