@@ -272,7 +272,9 @@ def write_outputs(rows: dict, args) -> str:
   for key, runs in rows.items():
     label, source, fields, *rest = ENTRIES[key]
     where = source + "".join(f" {k}={v}" for k, v in fields.items()) + (
-        "".join(f" {k}={v}" for k, v in rest[0].items()) if rest else "")
+        # A whole block (a loss, an evaluator) is named, not spelled out.
+        "".join(f" +{k}" if isinstance(v, dict) else f" {k}={v}"
+                for k, v in rest[0].items()) if rest else "")
     lines.append(
         f"| {label} | `{where}` | {len(runs)} | "
         f"{_fmt([r['mAP'] for r in runs])} | "
