@@ -78,6 +78,18 @@ conv_kernel_init = nn.initializers.variance_scaling(
     2.0, "fan_out", "normal")
 
 
+def stem_block(inputs: jax.Array, prefix: str, *, conv, norm, width: int,
+               dtype, bn_mask) -> jax.Array:
+  """torchvision's stem, 7x7/2 conv -> BN -> ReLU -> 3x3/2 max pool, with
+  parameters `<prefix>conv1` and `<prefix>bn1` in the calling module ("" for
+  RGB, "flow_" for the flow stem of STAR's eq. 2). Shared by `ResNet` and
+  `star.Trunk`."""
+  y = conv(width, (7, 7), strides=(2, 2), padding=_pad(7),
+           name=f"{prefix}conv1")(inputs.astype(dtype))
+  y = nn.relu(norm(name=f"{prefix}bn1")(y, mask=bn_mask))
+  return nn.max_pool(y, (3, 3), strides=(2, 2), padding=_pad(3))
+
+
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
   p = (k - 1) // 2
   return ((p, p), (p, p))
@@ -247,11 +259,8 @@ class ResNet(nn.Module):
       common.check_shape(mask, (x.shape[0],), f"{self.name}: mask")
       bn_mask = common.expand_mask(mask.astype(bool), 4)
 
-    def stem(inputs, prefix):
-      y = conv(self.width, (7, 7), strides=(2, 2), padding=_pad(7),
-               name=f"{prefix}conv1")(inputs.astype(dtype))
-      y = nn.relu(norm(name=f"{prefix}bn1")(y, mask=bn_mask))
-      return nn.max_pool(y, (3, 3), strides=(2, 2), padding=_pad(3))
+    stem = functools.partial(stem_block, conv=conv, norm=norm,
+                             width=self.width, dtype=dtype, bn_mask=bn_mask)
 
     x = stem(x, "")
     if self.flow_stem:

@@ -81,9 +81,7 @@ ATTENTIONS = ("lsta", "cbam", "none")
 ModuleDef = Any
 
 
-def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-  p = (k - 1) // 2
-  return ((p, p), (p, p))
+_pad = resnet._pad  # pylint: disable=protected-access
 
 
 class GatedBottleneck(nn.Module):
@@ -196,11 +194,9 @@ class Trunk(nn.Module):
       common.check_shape(mask, (x.shape[0],), "star: frame mask (N,)")
       bn_mask = common.expand_mask(mask.astype(bool), 4)
 
-    def stem(inputs, prefix):     # resnet.ResNet's stem (eq. 2's P(ReLU(.)).
-      y = conv(self.width, (7, 7), strides=(2, 2), padding=_pad(7),
-               name=f"{prefix}conv1")(inputs.astype(dtype))
-      y = nn.relu(norm(name=f"{prefix}bn1")(y, mask=bn_mask))
-      return nn.max_pool(y, (3, 3), strides=(2, 2), padding=_pad(3))
+    # resnet.ResNet's stem (eq. 2's P(ReLU(BN(W * .)))).
+    stem = functools.partial(resnet.stem_block, conv=conv, norm=norm,
+                             width=self.width, dtype=dtype, bn_mask=bn_mask)
 
     y = stem(x, "")
     if self.flow_stem:
