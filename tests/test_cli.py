@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,11 +66,27 @@ def _runlocal(config, workdir, data_dir, *flags):
 def test_gltr_mars_runlocal_on_a_fake_mars_tree(fake_mars_data_dir,
                                                 tmp_path):
   metrics = _runlocal("configs/gltr_mars.py:runlocal", tmp_path / "gltr",
-                      fake_mars_data_dir)
+                      fake_mars_data_dir,
+                      "--config.evals.reid.save_features=True")
   assert metrics["protocol"]["name"] == "mars/matlab"
   assert metrics["protocol"]["ap"] == "trapezoid"
   assert 0.0 <= metrics["mAP"] <= 1.0
   assert os.listdir(tmp_path / "gltr" / "checkpoints")
+  # The saved features carry the matlab gallery (queries included), its
+  # junk flags and the trapezoid AP: evaluate_features reproduces the run.
+  out = subprocess.run(
+      [sys.executable, "-m", "vreid_jax.evaluate_features",
+       f"--query={tmp_path / 'gltr' / 'query_features.npz'}",
+       f"--gallery={tmp_path / 'gltr' / 'gallery_features.npz'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout)
+  assert result["settings"]["ap"] == "trapezoid"
+  with np.load(tmp_path / "gltr" / "gallery_features.npz") as f:
+    assert len(f["features"]) == metrics["protocol"]["num_gallery"]
+    assert f["junk"].any()
+  assert abs(result["mAP"] - metrics["mAP"]) <= 1e-6
+  assert result["cmc"] == pytest.approx(metrics["cmc"], abs=1e-6)
 
 
 def test_gao_mars_runlocal_on_a_fake_mars_tree(fake_mars_data_dir, tmp_path):

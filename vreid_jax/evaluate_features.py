@@ -7,7 +7,12 @@ r"""Evaluates saved query/gallery features; prints one JSON object.
 
 Each .npz holds `features` (N, D), `pids` (N,) and `camids` (N,) (integers);
 the gallery file may also hold `junk` (N,) bool, replacing the default junk
-rule pid == -1 (e.g. for the MARS "matlab" gallery).
+rule pid == -1 (e.g. for the MARS "matlab" gallery). Files written by the
+trainer (`eval.save_features=True`) or by `python -m vreid_jax.extract` also
+record the run's `protocol`, `ap`, `metric` and `normalize` (0-d arrays);
+these are used unless --ap/--metric/--[no-]normalize are given, so such a
+pair reproduces the run's metrics.json with no flags ("settings" in the
+output says what was used and where it came from).
 
 Fusing streams (`--fuse`): give several files per set, comma-separated, the
 same tracklets in the same order (their pids, camids and junk must agree);
@@ -73,6 +78,9 @@ from vreid_jax.evaluation import evaluator
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 REQUIRED_KEYS = ("features", "pids", "camids")
+# Evaluation settings a features file may record (written by the trainer's
+# eval.save_features and by vreid_jax.extract); used unless a flag is given.
+SETTINGS = {"ap": "step", "metric": "euclidean", "normalize": False}
 
 
 class FeatureFileError(ValueError):
@@ -117,6 +125,8 @@ def load_feature_file(path: str, *, allow_junk: bool = False
       features = data["features"]
       pids, camids = data["pids"], data["camids"]
       junk = data["junk"] if (allow_junk and "junk" in data.files) else None
+      recorded = {k: data[k].item() for k in tuple(SETTINGS) + ("protocol",)
+                  if k in data.files and data[k].ndim == 0}
     except Exception as e:  # pylint: disable=broad-except
       raise FeatureFileError(f"{path}: cannot read arrays ({e})") from e
   if features.ndim != 2:
@@ -136,6 +146,38 @@ def load_feature_file(path: str, *, allow_junk: bool = False
       raise FeatureFileError(f"{path}: 'junk' must be bool of shape ({num},),"
                              f" got {junk.dtype} {junk.shape}")
     out["junk"] = junk
+  out["settings"] = recorded
+  return out
+
+
+def resolve_settings(args: argparse.Namespace, *files: dict[str, Any]
+                     ) -> dict[str, Any]:
+  """ap, metric and normalize: the flag, else what the files record (they
+  must agree), else the default; with where each came from.
+
+  Raises:
+    FeatureFileError: the files record different values and no flag says
+      which to use.
+  """
+  out: dict[str, Any] = {}
+  for key, default in SETTINGS.items():
+    flag = getattr(args, key)
+    seen = {f["settings"][key] for f in files if key in f["settings"]}
+    if flag is not None:
+      out[key], source = flag, "flag"
+    elif len(seen) > 1:
+      raise FeatureFileError(
+          f"the query and gallery files record different {key} values "
+          f"{sorted(map(str, seen))}; pass --{key} to choose")
+    elif seen:
+      out[key], source = seen.pop(), "file"
+    else:
+      out[key], source = default, "default"
+    out.setdefault("sources", {})[key] = source
+  protocols = {f["settings"]["protocol"] for f in files
+               if "protocol" in f["settings"]}
+  if protocols:
+    out["protocol"] = "/".join(sorted(protocols))
   return out
 
 
@@ -150,11 +192,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--fuse", action="store_true",
                  help="several files per set: L2-normalise each file's "
                  "features and concatenate them (two-stream fusion)")
-  p.add_argument("--ap", default="step", choices=("step", "trapezoid"))
-  p.add_argument("--metric", default="euclidean",
-                 choices=("euclidean", "sqeuclidean", "cosine"))
-  p.add_argument("--normalize", action="store_true",
-                 help="L2-normalise features first")
+  p.add_argument("--ap", default=None, choices=("step", "trapezoid"),
+                 help="AP definition (default: what the files record, else "
+                 "step)")
+  p.add_argument("--metric", default=None,
+                 choices=("euclidean", "sqeuclidean", "cosine"),
+                 help="distance (default: what the files record, else "
+                 "euclidean)")
+  p.add_argument("--normalize", default=None,
+                 action=argparse.BooleanOptionalAction,
+                 help="L2-normalise features first (default: what the files "
+                 "record, else no)")
   p.add_argument("--rerank", action="store_true",
                  help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
   p.add_argument("--rerank_k1", type=int, default=20)
@@ -221,15 +269,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   qf, gf = query["features"], gallery["features"]
   if args.dtype != "auto":
     qf, gf = qf.astype(args.dtype), gf.astype(args.dtype)
+  settings = resolve_settings(args, query, gallery)
   if args.backend == "jax":
     import jax  # pylint: disable=g-import-not-at-top,unused-import
-  return evaluator.evaluate(
+  result = evaluator.evaluate(
       qf, query["pids"], query["camids"], gf, gallery["pids"],
-      gallery["camids"], metric=args.metric, normalize=args.normalize,
-      ap=args.ap, max_rank=args.max_rank, rerank=args.rerank,
+      gallery["camids"], metric=settings["metric"],
+      normalize=bool(settings["normalize"]), ap=settings["ap"],
+      max_rank=args.max_rank, rerank=args.rerank,
       rerank_k1=args.rerank_k1, rerank_k2=args.rerank_k2,
       rerank_lambda=args.rerank_lambda, gallery_junk=gallery.get("junk"),
       query_chunk=args.query_chunk, backend=args.backend)
+  result["settings"] = settings
+  return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,11 +134,17 @@ class Embedder:
         batch_plan, self.spec.height, self.spec.width,
         process_index=jax.process_index(),
         process_count=jax.process_count(), with_flow=self.spec.with_flow,
-        shuffle_frames=self.spec.shuffle_frames, num_frames=num_frames)
+        shuffle_frames=self.spec.shuffle_frames, num_frames=num_frames,
+        source=(data.source(tracklets.split) if data.frame_sources
+                is not None else None))
 
   def embed(self, variables, data: pipeline.ReidData, role: str,
-            plan: EmbedPlan, aux_keys: tuple[str, ...] = ()):
+            plan: EmbedPlan, aux_keys: tuple[str, ...] = (),
+            progress: Callable[[int], Any] | None = None):
     """Embeds the role's tracklets.
+
+    `progress(n)` is called after each batch with the number of real frames
+    this process embedded in it.
 
     Returns:
       (N, D) float32 embeddings in record order; with `aux_keys`, the pair
@@ -156,6 +162,7 @@ class Embedder:
         batches, num_workers=self.num_workers,
         num_threads=self.num_threads)):
       position = local.pop("position")
+      num_real = int(np.sum(local["mask"]))
       batch = parallel.global_batch(local, self.mesh)
       out = fn(variables, batch)
       if aux_keys:
@@ -174,6 +181,8 @@ class Embedder:
       keep = position >= 0
       np.add.at(sums, position[keep], emb[keep])
       np.add.at(counts, position[keep], 1)
+      if progress is not None:
+        progress(num_real)
     if sums is None or (counts == 0).any():
       raise RuntimeError(f"{data.name}/{role}: some tracklets received no "
                          "clip")

@@ -17,7 +17,9 @@ re-ranking at the end when asked. The metric maths lives in
 `vreid_jax.evaluation`; this module only feeds it.
 
 After the final evaluation it can write `query_features.npz` /
-`gallery_features.npz` and the pictures `cmc.png`, `ranked_list_<i>.png`.
+`gallery_features.npz` (`feature_files`: the protocol's query and gallery,
+junk flags and settings, so that `python -m vreid_jax.evaluate_features
+--query=... --gallery=...` reproduces metrics.json) and the pictures `cmc.png`, `ranked_list_<i>.png`.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ def test_set(data: pipeline.ReidData
   q, g = data.roles["query"], data.roles["gallery"]
   test = {k: np.concatenate([q.index[k], g.index[k]])
           for k in ("pid", "camid", "is_junk")}
-  for k in ("motion_twin",):
+  for k in ("motion_twin", "tracklet_id"):
     if k in q.index and k in g.index:
       test[k] = np.concatenate([q.index[k], g.index[k]])
+  # Where each row's frames live: its TFDS split and record index.
+  test["record"] = np.concatenate([q.records, g.records]).astype(np.int64)
+  test["split"] = np.asarray([q.split] * len(q) + [g.split] * len(g))
   return test, np.arange(len(q) + len(g)) < len(q)
 
 
@@ -80,6 +85,45 @@ def protocol_split(data: pipeline.ReidData, protocol: str
   split = split._replace(gallery_junk=split.gallery_junk
                          | test["is_junk"][split.gallery])
   return test, split
+
+
+def feature_files(features: np.ndarray, test: Mapping[str, np.ndarray],
+                  split: evaluation.Split, *, settings: Mapping[str, Any]
+                  ) -> dict[str, dict[str, np.ndarray]]:
+  """The query and gallery .npz contents that reproduce an evaluation.
+
+  `python -m vreid_jax.evaluate_features --query=Q --gallery=G` on them
+  gives the metrics `evaluate_split(features, ..., split, **settings)`
+  gives: the query file holds the protocol's queries, the gallery file the
+  protocol's gallery (the queries too under `with_queries` and `matlab`)
+  with its junk flags, and both record the settings (protocol, ap, metric,
+  normalize), which evaluate_features uses unless its flags say otherwise.
+
+  Args:
+    features: (N, D) embeddings of the test set's rows (query then gallery
+      tracklets, `test_set`).
+    test: the test set's per-row arrays (pid, camid, is_junk[,
+      tracklet_id, record, split]).
+    split: the protocol split of those rows.
+    settings: {"protocol", "ap", "metric", "normalize"}.
+  """
+  recorded = {"protocol": np.asarray(str(settings["protocol"])),
+              "ap": np.asarray(str(settings["ap"])),
+              "metric": np.asarray(str(settings["metric"])),
+              "normalize": np.asarray(bool(settings["normalize"]))}
+  out = {}
+  for role, rows in (("query", split.query), ("gallery", split.gallery)):
+    f = {"features": np.asarray(features)[rows],
+         "pids": test["pid"][rows], "camids": test["camid"][rows],
+         "test_rows": np.asarray(rows, np.int64)}
+    if "tracklet_id" in test:
+      f["tracklet_ids"] = test["tracklet_id"][rows]
+    if "record" in test:
+      f["records"], f["splits"] = test["record"][rows], test["split"][rows]
+    f.update(recorded)
+    out[role] = f
+  out["gallery"]["junk"] = np.asarray(split.gallery_junk, bool)
+  return out
 
 
 class Evaluator:
@@ -121,6 +165,12 @@ class Evaluator:
     return dict(metric=cfg.metric, normalize=cfg.normalize, ap=cfg.ap,
                 max_rank=cfg.max_rank)
 
+  def settings(self) -> dict[str, Any]:
+    """What a saved features file records (`feature_files`)."""
+    cfg = self.cfg
+    return {"protocol": cfg.protocol, "ap": cfg.ap, "metric": cfg.metric,
+            "normalize": bool(cfg.normalize)}
+
   def features(self, round_: embedder_lib.EvalRound) -> np.ndarray:
     """Query then gallery embeddings (rows of `self.test`)."""
     return np.concatenate([
@@ -150,13 +200,11 @@ class Evaluator:
                    results["num_excluded_queries"], results["num_queries"],
                    split.name)
     if final and workdir and jax.process_index() == 0:
-      nq = len(self.data.roles["query"])
       if cfg.save_features:
-        for role, rows in (("query", np.arange(nq)),
-                           ("gallery", np.arange(nq, len(features)))):
-          np.savez(os.path.join(workdir, f"{role}_features.npz"),
-                   features=features[rows], pids=test["pid"][rows],
-                   camids=test["camid"][rows])
+        files = feature_files(features, test, split,
+                              settings=self.settings())
+        for role, arrays in files.items():
+          np.savez(os.path.join(workdir, f"{role}_features.npz"), **arrays)
       if cfg.plots:
         self._plots(results, features, workdir)
     return results

@@ -59,13 +59,23 @@ class TrackletSet:
 
 @dataclasses.dataclass
 class ReidData:
-  """An opened dataset: where it lives and its roles."""
+  """An opened dataset: where it lives and its roles.
+
+  Attributes:
+    frame_sources: None for a TFDS dataset (records are read from its data
+      source); else {split: a picklable mapping record -> {"frames":
+      sequence of encoded frames}} (e.g. a user's folders of frames,
+      `vreid_jax.extract`).
+  """
   name: str
   data_dir: str
   metadata: Mapping[str, Any]
   roles: dict[str, TrackletSet]
+  frame_sources: Mapping[str, Any] | None = None
 
   def source(self, split: str):
+    if self.frame_sources is not None:
+      return self.frame_sources[split]
     return _data_source(self.name, self.data_dir, split)
 
 
@@ -479,8 +489,11 @@ class EvalBatches:
                records: Sequence[int], plan: Sequence[EvalBatch], height: int,
                width: int, process_index: int = 0, process_count: int = 1,
                with_flow: bool = False, shuffle_frames: bool = False,
-               num_frames: Sequence[int] = ()):
+               num_frames: Sequence[int] = (), source: Any = None):
+    """`source`: the split's records (`ReidData.source`) when they are not
+    the TFDS dataset's (must be picklable for worker processes)."""
     self.name, self.data_dir, self.split = name, data_dir, split
+    self.source = source
     self.records = tuple(int(r) for r in records)
     self.plan = tuple(plan)
     self.height, self.width = height, width
@@ -514,7 +527,8 @@ class EvalBatches:
     batch = self.plan[int(i)]
     n = len(batch.items) // self.process_count
     items = batch.items[self.process_index * n:(self.process_index + 1) * n]
-    source = _data_source(self.name, self.data_dir, self.split)
+    source = (self.source if self.source is not None else
+              _data_source(self.name, self.data_dir, self.split))
     clips = np.zeros((n, batch.clip_len, self.height, self.width, 3),
                      np.uint8)
     flows = np.full((n, batch.clip_len, self.height, self.width, 2), 128,
