@@ -287,3 +287,16 @@ def test_every_model_exports_with_symbolic_batch_and_time(model_name, path):
   loaded = jax.export.deserialize(exported.serialize())
   assert loaded.platforms == ("cpu", "cuda", "tpu")
   assert str(loaded.in_avals[-1].shape[0]) == "B"
+
+
+def test_export_writes_a_checked_onnx_when_jax2onnx_is_installed(run,
+                                                                 tmp_path):
+  pytest.importorskip("jax2onnx")
+  pytest.importorskip("onnxruntime")
+  workdir, _, _ = run
+  out = str(tmp_path / "e")
+  card = export.export_workdir(workdir, out, log=lambda _: None)
+  assert card["onnx"]["status"] == "ok", card["onnx"]
+  assert card["onnx"]["dynamic_batch"] and card["onnx"]["dynamic_time"]
+  assert max(card["onnx"]["check"]["max_abs_err"]) < 1e-4
+  assert os.path.getsize(os.path.join(out, export.ONNX_FILE)) > 1000
