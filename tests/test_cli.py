@@ -1,4 +1,7 @@
-"""The command line: SIGKILL and resume, GLTR runlocal on a fake MARS tree."""
+"""The command line: every paper's runlocal config on a fake MARS tree.
+
+(SIGKILL, SIGTERM and the other faults: tests/test_faults.py.)
+"""
 
 import json
 import os
@@ -16,38 +19,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _main(workdir, *flags):
   return [sys.executable, "-m", "vreid_jax.main",
           "--config=configs/demo.py:tiny", f"--workdir={workdir}", *flags]
-
-
-def test_sigkill_then_rerun_resumes_with_identical_metrics(
-    synthetic_data_dir, tmp_path):
-  flags = (f"--config.data_dir={synthetic_data_dir}", "--config.num_steps=8",
-           "--config.checkpoint.every_steps=2")
-  env = dict(os.environ)
-  full = tmp_path / "full"
-  subprocess.run(_main(full, *flags), cwd=ROOT, env=env, check=True,
-                 capture_output=True, timeout=600)
-  want = json.loads((full / "metrics.json").read_text())
-
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(_main(killed, *flags), cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt = killed / "checkpoints" / "2"
-  deadline = time.time() + 300
-  while not (ckpt / "_CHECKPOINT_METADATA").exists():
-    assert proc.poll() is None, "the run ended before its first checkpoint"
-    assert time.time() < deadline
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "metrics.json").exists()
-
-  out = subprocess.run(_main(killed, *flags), cwd=ROOT, env=env, check=True,
-                       capture_output=True, text=True, timeout=600)
-  assert "Resuming from step" in out.stdout
-  got = json.loads((killed / "metrics.json").read_text())
-  assert got["mAP"] == want["mAP"]
-  assert got["cmc"] == want["cmc"]
-  assert got["step"] == want["step"] == 8
 
 
 def _runlocal(config, workdir, data_dir, *flags):

@@ -12,8 +12,16 @@ Each checkpoint holds three items:
              rebuilds the model from it alone.
 
 Saving is asked of the manager every step (`should_save`: every
-`config.checkpoint.every_steps`, and where orbax's preemption handling says
-so); the last step is always saved.
+`config.checkpoint.every_steps`); the last step is always saved, and so is
+the step at which a preemption stops the run (`vreid_jax.preemption`).
+
+Faults (`restore_latest`, `make_manager`): a checkpoint that cannot be read
+(a truncated or missing array file, a missing item, unreadable metadata) is
+named, moved aside to `<workdir>/checkpoints_bad/` (never deleted) and the
+next newest is tried; the temporary folder of a save that was interrupted
+(`<step>.orbax-checkpoint-tmp-*`) is moved there too, with a log line,
+instead of orbax's silent deletion. A save that fails raises
+`CheckpointSaveError`; the previous checkpoints are left as they were.
 
 Partial initialisation (`load_partial`): copy every parameter of another
 run's checkpoint whose name and shape match (GLTR's stage 1 -> stage 2).
@@ -24,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,8 +55,51 @@ class CheckpointMismatchError(ValueError):
   """The workdir holds a checkpoint of a different model or optimizer."""
 
 
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed (the message names the step and why)."""
+
+
+TMP_MARKER = ".orbax-checkpoint-tmp"
+BAD_DIR = "checkpoints_bad"
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def quarantine(path: str, workdir: str, reason: str, *, log=None) -> str:
+  """Moves a bad checkpoint folder to `<workdir>/checkpoints_bad/` (never
+  deletes it); returns where it went. Only process 0 moves."""
+  log = log or _warn
+  dest_root = os.path.join(os.path.abspath(workdir), BAD_DIR)
+  name = os.path.basename(os.path.normpath(path))
+  dest = os.path.join(dest_root,
+                      f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+  if jax.process_index() == 0:
+    os.makedirs(dest_root, exist_ok=True)
+    i = 1
+    while os.path.exists(dest):
+      dest = f"{dest}.{i}"
+      i += 1
+    os.replace(path, dest)
+  log(f"{reason}; moved it aside to {dest}")
+  return dest
+
+
+def quarantine_interrupted_saves(workdir: str, *, log=None) -> list[str]:
+  """Moves temporary folders of interrupted saves to checkpoints_bad/."""
+  root = checkpoint_dir(workdir)
+  if not os.path.isdir(root):
+    return []
+  moved = []
+  for name in sorted(os.listdir(root)):
+    if TMP_MARKER in name:
+      moved.append(quarantine(
+          os.path.join(root, name), workdir,
+          f"{os.path.join(root, name)} is the temporary folder of a save "
+          "that did not finish (the run was killed while writing)",
+          log=log))
+  return moved
 
 
 def make_manager(workdir: str, *, max_to_keep: int = 3,
@@ -61,16 +113,19 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
     every_steps: save interval for `should_save` (0: only forced saves).
     asynchronous: write in the background (`wait_until_finished` syncs).
   """
-  # cleanup_tmp_directories: a run killed while saving leaves a temporary
-  # directory; it is removed when the run resumes.
-  # should_save: every `every_steps` (none when <= 0) and at a preemption
-  # sync point; not orbax's default initial save at the first step.
-  policies = [ocp.checkpoint_managers.PreemptionCheckpointingPolicy()]
+  # A run killed while saving leaves a temporary directory: moved aside
+  # (named in the log), not deleted as orbax's cleanup_tmp_directories would.
+  quarantine_interrupted_saves(workdir)
+  # should_save: every `every_steps` (none when <= 0); not orbax's default
+  # initial save at the first step. Preemption is the train loop's
+  # (`vreid_jax.preemption`: the multi-host sync point is asked once per
+  # step, there).
+  policies = []
   if every_steps > 0:
-    policies.insert(0, ocp.checkpoint_managers.FixedIntervalPolicy(
+    policies.append(ocp.checkpoint_managers.FixedIntervalPolicy(
         int(every_steps)))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=False,
       save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
       enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
@@ -178,13 +233,57 @@ def check_meta(saved: Mapping[str, Any], current: Mapping[str, Any],
   return optimizer_changes
 
 
+# The step whose asynchronous save is in flight, per manager: its error
+# surfaces only at the next save or wait.
+_PENDING: dict[int, int] = {}
+
+
+def _save_error(manager, step: int, e: BaseException) -> CheckpointSaveError:
+  failed = _PENDING.pop(id(manager), step)
+  good = [s for s in manager.all_steps() if s != failed]
+  seen = f" (seen when saving step {step})" if failed != step else ""
+  return CheckpointSaveError(
+      f"saving the checkpoint of step {failed} in {manager.directory} failed"
+      f"{seen}: {type(e).__name__}: {e}. "
+      + (f"The previous checkpoint (step {max(good)}) is intact: "
+         if good else "No earlier checkpoint exists: ")
+      + "free disk space or fix the permissions, then rerun the same command"
+      " to resume from it.")
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state,
          meta, *, force: bool = False) -> bool:
-  """Saves a checkpoint of `step`; returns whether one was started."""
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data_iter=ocp.args.JsonSave(_jsonable(data_iter_state)),
-      meta=ocp.args.JsonSave(meta)), force=force)
+  """Saves a checkpoint of `step`; returns whether one was started.
+
+  Raises:
+    CheckpointSaveError: the save (or the previous asynchronous one, whose
+      error surfaces here) failed.
+  """
+  try:
+    started = manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_iter=ocp.args.JsonSave(_jsonable(data_iter_state)),
+        meta=ocp.args.JsonSave(meta)), force=force)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_error(manager, step, e) from e
+  if started:
+    _PENDING[id(manager)] = step
+  return started
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the asynchronous save; CheckpointSaveError if it failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_error(manager, _PENDING.get(id(manager), -1), e) from e
+  _PENDING.pop(id(manager), None)
+
+
+def checkpoint_bytes(abstract_state) -> int:
+  """Bytes of a state's arrays (what one checkpoint needs on disk)."""
+  return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(abstract_state)))
 
 
 def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -200,16 +299,45 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, meta,
     (state, data_iter_state, step, optimizer_changes), or None when there is
     no checkpoint.
   """
-  step = manager.latest_step()
-  if step is None:
-    return None
-  changes = check_meta(_restore_meta(manager, step), meta, workdir, step)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data_iter=ocp.args.JsonRestore()))
-  logging.info("Restored checkpoint of step %d from %s", step,
-               checkpoint_dir(workdir))
-  return restored["state"], restored["data_iter"], step, changes
+  while True:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    try:
+      saved_meta = _restore_meta(manager, step)
+    except Exception as e:  # pylint: disable=broad-except
+      _drop_bad(manager, step, workdir, "metadata", e)
+      continue
+    changes = check_meta(saved_meta, meta, workdir, step)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data_iter=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      _drop_bad(manager, step, workdir, "state", e)
+      continue
+    logging.info("Restored checkpoint of step %d from %s", step,
+                 checkpoint_dir(workdir))
+    return restored["state"], restored["data_iter"], step, changes
+
+
+def _drop_bad(manager: ocp.CheckpointManager, step: int, workdir: str,
+              what: str, e: BaseException) -> None:
+  """Quarantines an unreadable checkpoint and refreshes the manager."""
+  first = (str(e).strip().splitlines() or [""])[0][:300]
+  quarantine(os.path.join(checkpoint_dir(workdir), str(step)), workdir,
+             f"the checkpoint of step {step} in {checkpoint_dir(workdir)} "
+             f"is unreadable ({what}: {type(e).__name__}: {first}); falling "
+             "back to the newest readable one", log=_warn)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"vreid_quarantine_{step}")
+  manager.reload()
+
+
+def _warn(message: str) -> None:
+  logging.warning("%s", message)
+  print(f"warning: {message}", flush=True)
 
 
 def _read_only_manager(root: str) -> ocp.CheckpointManager:

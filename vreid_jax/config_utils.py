@@ -182,6 +182,8 @@ def check_config(config) -> None:
     raise ValueError("config.input.clip_len must be >= 1")
   if len(inp.mean) != 3 or len(inp.std) != 3:
     raise ValueError("config.input.mean and config.input.std need 3 values")
+  from vreid_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.check_on_bad_frame(inp.get("on_bad_frame", "error"))
   if not config.losses:
     raise ValueError("config.losses names no loss")
   if not config.get("evals"):

@@ -639,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           protocol=args.protocol, plan=plan, num_workers=args.num_workers,
           num_threads=args.num_threads)
   except (ExtractError, export_lib.ExportError, FileNotFoundError,
-          pipeline.DatasetNotBuiltError) as e:
+          pipeline.DatasetNotBuiltError, pipeline.DataFaultError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print("wrote " + ", ".join(f["path"] if isinstance(f, Mapping) else f

@@ -63,7 +63,17 @@ def main(argv):
   parallel.initialize_distributed(config.distributed)
   logging.info("JAX %s, process %d/%d, local devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_devices())
-  train.train_and_evaluate(config, _WORKDIR.value)
+  from vreid_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vreid_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  from vreid_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except train.Preempted:
+    sys.exit(0)  # Checkpointed; rerunning the command resumes.
+  except (workdir_lock.WorkdirBusyError, train.WorkdirError,
+          checkpoint.CheckpointSaveError, pipeline.DataFaultError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

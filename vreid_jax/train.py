@@ -14,8 +14,13 @@ The loop runs `train_step` jitted over a device mesh (batch sharded on
 "data", state replicated and donated). After every step it calls its
 periodic actions (`Periodic`: logging, evaluators, any hooks a caller adds)
 and asks the checkpoint manager whether to save (`should_save`: every
-`config.checkpoint.every_steps`, or when orbax's preemption handling says
-so); the last step is always saved.
+`config.checkpoint.every_steps`); the last step is always saved.
+
+Preemption (`vreid_jax.preemption`): after SIGTERM or SIGINT the step in
+flight finishes, a checkpoint of it is written and waited for, and the loop
+raises `Preempted` (the CLI exits 0); rerunning the command resumes there.
+In multi-process runs all processes stop at the same step (JAX's
+preemption sync point).
 """
 
 from __future__ import annotations
@@ -45,11 +50,26 @@ from vreid_jax import models as models_lib
 from vreid_jax import optim
 from vreid_jax import parallel
 from vreid_jax import summary_writer as summary_lib
+from vreid_jax import workdir_lock
 from vreid_jax.evaluators import embedder as embedder_lib
 from vreid_jax.input_pipeline import pipeline
 from vreid_jax.input_pipeline import preprocess as preprocess_lib
 
 BATCH_KEYS = ("clips", "mask", "flow", "labels", "pids", "camids")
+
+
+class Preempted(Exception):
+  """The run stopped on SIGTERM/SIGINT after checkpointing `step`."""
+
+  def __init__(self, step: int, signal_name: str, seconds: float | None):
+    self.step = step
+    self.signal_name = signal_name
+    self.seconds = seconds
+    super().__init__(f"preempted at step {step}, checkpoint saved")
+
+
+class WorkdirError(OSError):
+  """The workdir cannot hold this run (unwritable, too little space)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -221,6 +241,8 @@ class Run:
   manager: ocp.CheckpointManager
   evaluations: evaluators_lib.Evaluations
   writer: summary_lib.SummaryWriter | None = None
+  data_faults: DataFaults | None = None
+  lock: Any = None  # workdir_lock.WorkdirLock (released by `finish`).
 
   @property
   def global_batch_size(self) -> int:
@@ -237,7 +259,22 @@ def setup(config, workdir: str) -> Run:
   each evaluator can score its queries.
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  check_workdir_writable(workdir)
+  # One run per workdir (process 0 holds it; every process learns whether
+  # it was refused). Taken before the checkpoint manager looks at (and
+  # moves aside) temporary folders that a live run could be writing.
+  lock = workdir_lock.acquire_for_run(workdir, log=_say)
+  try:
+    run = _setup(config, workdir)
+  except BaseException:
+    lock.release()
+    raise
+  run.lock = lock
+  return run
+
+
+def _setup(config, workdir: str) -> Run:
+  """`setup` once the workdir is writable and locked."""
   config_utils.check_config(config)
   mesh = parallel.make_mesh()
   num_devices = mesh.devices.size
@@ -295,6 +332,7 @@ def setup(config, workdir: str) -> Run:
   meta = ckpt_lib.make_meta(config, num_classes=num_classes,
                             params=abstract_vars["params"],
                             opt_state=abstract_state.opt_state)
+  check_free_space(workdir, abstract_state, config.checkpoint.keep)
   sharding = state_sharding_like(abstract_state, mesh)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -307,7 +345,8 @@ def setup(config, workdir: str) -> Run:
       models_lib.embed_fn(model), input_spec, mesh,
       num_workers=config.input.num_workers,
       num_threads=config.input.num_threads,
-      predict_fn=functools.partial(models_lib.predict_fn, model))
+      predict_fn=functools.partial(models_lib.predict_fn, model),
+      on_bad_frame=config.input.on_bad_frame)
   evaluations = evaluators_lib.Evaluations(
       config.evals, evaluators_lib.Context(
           embedder=embedder, train_data=data, data_dir=config.data_dir),
@@ -324,6 +363,46 @@ def setup(config, workdir: str) -> Run:
              init_rng=init_rng, state_rng=state_rng,
              abstract_state=abstract_state, sharding=sharding, meta=meta,
              manager=manager, evaluations=evaluations)
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """Creates the workdir and writes a probe file in it.
+
+  Raises:
+    WorkdirError: naming the workdir and the OS error.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(
+        f"--workdir={workdir} is not writable ({e.strerror or e}): choose "
+        "a directory this user can write to") from e
+
+
+def check_free_space(workdir: str, abstract_state, keep: int) -> int:
+  """Fails before training unless the workdir's disk holds two checkpoints
+  more than it does now (orbax writes the new one before deleting the
+  oldest of `keep`). Returns the bytes of one checkpoint.
+
+  Raises:
+    WorkdirError: naming the free and the needed space.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  one = ckpt_lib.checkpoint_bytes(abstract_state)
+  free = shutil.disk_usage(workdir).free
+  need = 2 * one
+  if free < need:
+    raise WorkdirError(
+        f"--workdir={workdir}: {free / 2**20:.0f} MiB free, but one "
+        f"checkpoint of this run takes {one / 2**20:.0f} MiB and at least "
+        f"two must fit ({need / 2**20:.0f} MiB; config.checkpoint.keep="
+        f"{keep} keeps up to {(keep + 1) * one / 2**20:.0f} MiB): free space "
+        "or choose a workdir on a larger disk")
+  return one
 
 
 def initial_variables(run: Run) -> dict[str, Any]:
@@ -453,6 +532,52 @@ class MetricWindow:
     self.last_logged = step
 
 
+class DataFaults:
+  """Frames replaced under `config.input.on_bad_frame="skip"`.
+
+  The input pipeline names each replaced frame in its batch
+  ("num_bad_frames", "bad_frames"); this counts them on the host, logs them
+  at log steps and travels with the data iterator's state in checkpoints, so
+  a resumed run reports the same totals as an uninterrupted one.
+  """
+
+  def __init__(self, saved: Mapping[str, Any] | None = None):
+    saved = saved or {}
+    self.total = int(saved.get("total", 0))
+    self.names: set[str] = set(saved.get("names", []))
+    self.window = 0
+
+  def add(self, local: dict[str, Any]) -> None:
+    """Pops the fault keys off a local batch (strings cannot be sharded)."""
+    num = local.pop("num_bad_frames", None)
+    names = local.pop("bad_frames", None)
+    if num is None:
+      return
+    self.total += int(num)
+    self.window += int(num)
+    self.names.update(str(x) for x in np.asarray(names).ravel())
+
+  def log(self, step: int, _=None) -> None:
+    if self.window:
+      _say("step %d: %d bad frame(s) replaced since the last log (%d in "
+           "all), e.g. %s", step, self.window, self.total,
+           ", ".join(sorted(self.names)[:5]))
+    self.window = 0
+
+  def state(self) -> dict[str, Any]:
+    return {"total": self.total, "names": sorted(self.names)}
+
+
+# The data_iter checkpoint item: the grain iterator's state and the counts.
+_ITER_KEYS = {"iterator", "data_faults"}
+
+
+def _split_iter_state(saved) -> tuple[Any, dict[str, Any] | None]:
+  if isinstance(saved, Mapping) and set(saved) == _ITER_KEYS:
+    return saved["iterator"], saved["data_faults"]
+  return saved, None  # A checkpoint from before the counts were kept.
+
+
 def _evaluate_periodic(run: Run, window: MetricWindow, step: int,
                        state: TrainState) -> None:
   names = run.evaluations.due(step)
@@ -465,7 +590,8 @@ def _evaluate_periodic(run: Run, window: MetricWindow, step: int,
 
 
 def train_loop(run: Run, state: TrainState, iter_state, start_step: int, *,
-               hooks: Sequence[Periodic] = ()) -> TrainState:
+               hooks: Sequence[Periodic] = (),
+               preemption: Any = None) -> TrainState:
   """Trains from `start_step` to `run.total_steps`; returns the last state.
 
   Args:
@@ -475,6 +601,13 @@ def train_loop(run: Run, state: TrainState, iter_state, start_step: int, *,
     start_step: the step `state` is at.
     hooks: more periodic actions, called after the built-in ones (logging,
       evaluators) and before the checkpoint decision of each step.
+    preemption: a `preemption.Preemption` asked after every step (None: not
+      watched).
+
+  Raises:
+    Preempted: after checkpointing the step at which a preemption stopped
+      the run.
+    ckpt_lib.CheckpointSaveError: a checkpoint could not be written.
   """
   config = run.config
   step_fn = jit_train_step(run.mesh, run.sharding, model=run.model,
@@ -483,28 +616,45 @@ def train_loop(run: Run, state: TrainState, iter_state, start_step: int, *,
   it = pipeline.train_iterator(run.batches, run.total_steps,
                                num_workers=config.input.num_workers,
                                num_threads=config.input.num_threads)
+  iter_state, faults_state = _split_iter_state(iter_state)
   if iter_state is not None:
     it.set_state(iter_state)
+  run.data_faults = faults = DataFaults(faults_state)
   window = MetricWindow(run, start_step)
   actions = [Periodic(config.log_every_steps, window.log, at_last_step=True),
+             Periodic(config.log_every_steps, faults.log, at_last_step=True),
              Periodic(1, functools.partial(_evaluate_periodic, run, window)),
              *hooks]
   t_start = time.time()
   step = start_step
   while step < run.total_steps:
-    batch = parallel.global_batch(next(it), run.mesh)
+    local = next(it)
+    faults.add(local)
+    batch = parallel.global_batch(local, run.mesh)
     state, metrics = step_fn(state, batch)
     step += 1
     window.push(step, metrics)
     last = step == run.total_steps
     for action in actions:
       action(step, state, last=last)
-    if last or run.manager.should_save(step):
+    preempted = (not last and preemption is not None
+                 and preemption.reached(step))
+    if last or preempted or run.manager.should_save(step):
       window.flush()  # Never checkpoint a state whose loss is not finite.
-      ckpt_lib.save(run.manager, step, state, it.get_state(), run.meta,
-                    force=True)
+      ckpt_lib.save(run.manager, step, state,
+                    {"iterator": it.get_state(),
+                     "data_faults": faults.state()}, run.meta, force=True)
+    if preempted:
+      ckpt_lib.wait(run.manager)
+      seconds = (time.monotonic() - preemption.received_at
+                 if preemption.received_at is not None else None)
+      _say("preempted at step %d, checkpoint saved (%s; %s after the "
+           "signal). Rerun the same command to resume.", step,
+           preemption.signal_name,
+           f"{seconds:.1f} s" if seconds is not None else "?")
+      raise Preempted(step, preemption.signal_name, seconds)
   window.flush()
-  run.manager.wait_until_finished()
+  ckpt_lib.wait(run.manager)
   logging.info("This run trained %d steps in %s.", step - start_step,
                _fmt_time(time.time() - t_start))
   return state
@@ -517,6 +667,7 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
                                 workdir=run.workdir)
   metrics = run.evaluations.merged(results)
   metrics["step"] = step
+  metrics["data_faults"] = _data_faults_record(run)
   run.writer.scalars(step, run.evaluations.scalars(results))
   run.writer.close()
   if jax.process_index() == 0:
@@ -526,12 +677,49 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
     print(f"metrics written to {os.path.join(run.workdir, 'metrics.json')}",
           flush=True)
   run.manager.close()
+  if run.lock is not None:
+    run.lock.release()
   return metrics
+
+
+def _data_faults_record(run: Run) -> dict[str, Any]:
+  """metrics.json's account of replaced frames (all processes summed)."""
+  faults = run.data_faults or DataFaults()
+  embedder = run.evaluations.context.embedder
+  eval_bad = list(getattr(embedder, "bad_frames", []))
+  total, num_eval = faults.total, len(eval_bad)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    sums = multihost_utils.process_allgather(
+        np.asarray([total, num_eval], np.int64)).reshape(-1, 2).sum(0)
+    total, num_eval = int(sums[0]), int(sums[1])
+  return {"on_bad_frame": run.config.input.on_bad_frame,
+          "train": {"num_bad_frames": total,
+                    "bad_frames": sorted(faults.names)[:100]},
+          "eval": {"num_bad_frames": num_eval,
+                   "bad_frames": sorted(set(eval_bad))[:100]}}
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains and evaluates a model; returns the final metrics."""
-  run = setup(config, workdir)
-  state, iter_state, start_step = restore_or_init(run)
-  state = train_loop(run, state, iter_state, start_step)
-  return finish(run, state)
+  from vreid_jax import preemption as preemption_lib  # pylint: disable=g-import-not-at-top
+  watch = preemption_lib.Preemption()
+  run = None
+  try:
+    run = setup(config, workdir)
+    state, iter_state, start_step = restore_or_init(run)
+    try:
+      state = train_loop(run, state, iter_state, start_step,
+                         preemption=watch)
+    except Preempted:
+      run.writer.close()
+      run.manager.close()
+      raise
+    # The last step is checkpointed: a signal during the final evaluation
+    # may stop the process as usual (a rerun goes straight to evaluation).
+    watch.close()
+    return finish(run, state)
+  finally:
+    watch.close()
+    if run is not None and run.lock is not None:
+      run.lock.release()

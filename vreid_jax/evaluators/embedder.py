@@ -78,13 +78,17 @@ class Embedder:
   Attributes:
     spec: the InputSpec (frame size, normalisation, flow).
     mesh: the device mesh (batches sharded on "data").
+    on_bad_frame: "error" or "skip" (`pipeline.decode_frames`).
+    last_bad_frames: the frames the last `embed` call replaced
+      (`dataset/split/record:frame`, once per clip that used one, this
+      process's batches only); `bad_frames`: those of every call.
   """
 
   def __init__(self, embed_fn: Callable[[Any, Mapping[str, Any]], Any],
                spec: preprocess_lib.InputSpec, mesh, *, num_workers: int = 0,
                num_threads: int = 2,
                predict_fn: Callable[[tuple[str, ...]], Callable[..., Any]]
-               | None = None):
+               | None = None, on_bad_frame: str = "error"):
     """Args: the embedding function; the InputSpec; the mesh; the input
     workers; `predict_fn(aux_keys)` giving `(variables, inputs) ->
     (embedding, {key: aux})` for evaluators that read aux outputs."""
@@ -92,6 +96,9 @@ class Embedder:
     self.mesh = mesh
     self.num_workers = num_workers
     self.num_threads = num_threads
+    self.on_bad_frame = pipeline.check_on_bad_frame(on_bad_frame)
+    self.last_bad_frames: list[str] = []
+    self.bad_frames: list[str] = []
     self._predict_fn = predict_fn
     self._predict: dict[tuple[str, ...], Any] = {}
     self._fn = self._jit(functools.partial(_embed_batch, embed_fn=embed_fn,
@@ -136,7 +143,7 @@ class Embedder:
         process_count=jax.process_count(), with_flow=self.spec.with_flow,
         shuffle_frames=self.spec.shuffle_frames, num_frames=num_frames,
         source=(data.source(tracklets.split) if data.frame_sources
-                is not None else None))
+                is not None else None), on_bad_frame=self.on_bad_frame)
 
   def embed(self, variables, data: pipeline.ReidData, role: str,
             plan: EmbedPlan, aux_keys: tuple[str, ...] = (),
@@ -158,10 +165,13 @@ class Embedder:
     counts = np.zeros(len(tracklets), np.int64)
     clip_aux: ClipAux = [[] for _ in range(len(tracklets))]
     fn = self._predict_batch(tuple(aux_keys)) if aux_keys else self._fn
+    self.last_bad_frames = []
     for i, local in enumerate(pipeline.eval_iterator(
         batches, num_workers=self.num_workers,
         num_threads=self.num_threads)):
       position = local.pop("position")
+      local.pop("num_bad_frames", None)
+      self.last_bad_frames += [str(x) for x in local.pop("bad_frames", ())]
       num_real = int(np.sum(local["mask"]))
       batch = parallel.global_batch(local, self.mesh)
       out = fn(variables, batch)
@@ -186,6 +196,12 @@ class Embedder:
     if sums is None or (counts == 0).any():
       raise RuntimeError(f"{data.name}/{role}: some tracklets received no "
                          "clip")
+    if self.last_bad_frames:
+      logging.warning("%s/%s: %d bad frames replaced by their nearest "
+                      "readable frame (on_bad_frame=skip): %s", data.name,
+                      role, len(self.last_bad_frames),
+                      ", ".join(sorted(set(self.last_bad_frames))[:20]))
+      self.bad_frames += self.last_bad_frames
     features = (sums / counts[:, None]).astype(np.float32)
     return (features, clip_aux) if aux_keys else features
 

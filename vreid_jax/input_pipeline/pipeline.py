@@ -11,6 +11,16 @@ only its rows of the global batch (`process_index`-th slice).
 Evaluation streams fixed-size batches of clips with a frame mask and the
 position of the tracklet each clip belongs to; the embeddings of a
 tracklet's clips are averaged by the evaluator.
+
+Data faults (`config.input.on_bad_frame`): a frame that fails to decode or
+a record that fails to read raises `DataFaultError`, naming the dataset,
+split, record, tracklet and frame, by default ("error"). With "skip", a bad
+frame is replaced by the nearest readable frame of its tracklet (the
+earlier one on a tie) and, in training only, an unreadable record by the
+nearest readable tracklet of the same identity; every replacement is named
+in the batch's host-side keys "num_bad_frames" and "bad_frames" (see
+`decode_frames`). Which frames are bad is a property of the files, so
+batches stay a pure function of (seed, step).
 """
 
 from __future__ import annotations
@@ -35,6 +45,211 @@ DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 
 class DatasetNotBuiltError(FileNotFoundError):
   """The TFDS dataset a config names is not in its data dir."""
+
+
+# `config.input.on_bad_frame`: what a frame that fails to decode does.
+ON_BAD_FRAME = ("error", "skip")
+# The host-side keys a batch carries with on_bad_frame="skip": pop them
+# before `parallel.global_batch`.
+FAULT_KEYS = ("num_bad_frames", "bad_frames")
+
+
+def check_on_bad_frame(value: str) -> str:
+  if value not in ON_BAD_FRAME:
+    raise ValueError(
+        f"config.input.on_bad_frame must be one of {ON_BAD_FRAME}, got "
+        f"{value!r}: 'error' stops at a frame that fails to decode, 'skip' "
+        "replaces it by the nearest readable frame of its tracklet and "
+        "counts it")
+  return value
+
+
+class DataFaultError(ValueError):
+  """A frame that fails to decode or a record that fails to read.
+
+  Attributes:
+    dataset: the TFDS builder name ("mars", "synthetic_video_reid/tiny").
+    split: the TFDS split.
+    record: the record index in the split.
+    frame: the frame's index in the record's `frames` (0-based); None when
+      the whole record fails to read.
+    tracklet: what is known of the tracklet ("pid 3, camid 1, ...").
+  """
+
+  def __init__(self, message: str, *, dataset: str = "", split: str = "",
+               record: int = -1, frame: int | None = None,
+               tracklet: str = ""):
+    super().__init__(message)
+    self.dataset, self.split, self.record = dataset, split, record
+    self.frame, self.tracklet = frame, tracklet
+
+  def __reduce__(self):  # Keeps the fields across grain worker processes.
+    return (functools.partial(type(self), dataset=self.dataset,
+                              split=self.split, record=self.record,
+                              frame=self.frame, tracklet=self.tracklet),
+            (str(self),))
+
+  @classmethod
+  def at(cls, where: FaultSite, frame: int | None, problem: str,
+         cause: BaseException | None = None, *,
+         skippable: bool = True) -> DataFaultError:
+    """The error of `frame` (None: the whole record) at `where`.
+
+    `skippable`: the message offers on_bad_frame=skip (not when skipping
+    is what failed).
+    """
+    what = (f"record {where.record}" if frame is None else
+            f"frame {frame}{where.frame_number(frame)} of record "
+            f"{where.record}")
+    msg = (f"{where.dataset} split {where.split!r}: {what}"
+           + (f" ({where.tracklet})" if where.tracklet else "")
+           + f" {problem}")
+    if cause is not None:
+      msg += f": {type(cause).__name__}: {cause}"
+    msg += ". " + where.how_to_go_on(
+        None if not skippable else "record" if frame is None else "frame")
+    return cls(msg, dataset=where.dataset, split=where.split,
+               record=where.record, frame=frame, tracklet=where.tracklet)
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultSite:
+  """Where frames come from, to name them in errors and skip lists."""
+  dataset: str
+  split: str
+  record: int
+  data_dir: str = ""
+  tracklet: str = ""
+  frame_numbers: tuple[int, ...] = ()
+  custom_source: bool = False
+
+  def frame_name(self, frame: int | None) -> str:
+    """`dataset/split/record:frame` (frame `*`: the whole record)."""
+    return (f"{self.dataset}/{self.split}/{self.record}:"
+            f"{'*' if frame is None else frame}")
+
+  def frame_number(self, frame: int) -> str:
+    if 0 <= frame < len(self.frame_numbers):
+      return f" (published frame number {self.frame_numbers[frame]})"
+    return ""
+
+  def how_to_go_on(self, kind: str | None) -> str:
+    """What to do: rebuild; `kind` "frame" or "record" adds what skip does."""
+    if self.custom_source:
+      fix = "Replace the unreadable file(s) of that tracklet"
+    else:
+      name, _, config = self.dataset.partition("/")
+      fix = ("The dataset's files are damaged: rebuild them with `python "
+             f"data_prep/build.py --dataset={name}"
+             + (f" --config={config}" if config else "")
+             + (f" --data_dir={self.data_dir}" if self.data_dir else "")
+             + " --overwrite` (plus --manual_dir=<download> for a real "
+               "dataset)")
+    if kind is None:
+      return fix
+    if kind == "record":
+      return fix + ("; with --config.input.on_bad_frame=skip, training "
+                    "replaces an unreadable tracklet by another of the same "
+                    "identity (evaluation cannot, and stops)")
+    return fix + ("; or set --config.input.on_bad_frame=skip to replace "
+                  "each bad frame by the nearest readable frame of its "
+                  "tracklet, counted in the logs and metrics.json")
+
+
+def _site(dataset: str, split: str, record: int, data_dir: str,
+          example: Mapping[str, Any] | None = None, *,
+          custom_source: bool = False, **known) -> FaultSite:
+  """A FaultSite naming the tracklet from its record, else from `known`."""
+  info = dict(known)
+  frame_numbers = ()
+  if example is not None:
+    for key in ("pid", "camid", "tracklet_id", "path"):
+      if key in example:
+        value = example[key]
+        if isinstance(value, bytes):
+          value = value.decode("utf-8", "replace")
+        info[key] = value.item() if hasattr(value, "item") else value
+    if "frame_numbers" in example:
+      frame_numbers = tuple(int(x) for x in example["frame_numbers"])
+  tracklet = ", ".join(f"{k} {v}" for k, v in info.items())
+  return FaultSite(dataset, split, int(record), data_dir, tracklet,
+                   frame_numbers, custom_source)
+
+
+def read_record(source, where: FaultSite) -> Mapping[str, Any]:
+  """`source[record]`, tried twice; a read failure raises DataFaultError.
+
+  The second try keeps a transient I/O error from being taken for a damaged
+  file (which would make "skip" substitutions depend on luck).
+  """
+  try:
+    return source[where.record]
+  except Exception:  # pylint: disable=broad-except
+    pass
+  try:
+    return source[where.record]
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataFaultError.at(where, None, "cannot be read", e) from e
+
+
+def decode_frames(frames: Sequence[bytes], indices: np.ndarray, height: int,
+                  width: int, *, where: FaultSite, on_bad_frame: str = "error"
+                  ) -> tuple[np.ndarray, list[str]]:
+  """`augment.decode_clip` that names, or replaces, frames that fail.
+
+  With on_bad_frame="skip", a frame that fails to decode is replaced by the
+  nearest readable frame of the tracklet (by frame index, the earlier one
+  on a tie): the closest stand-in in time, never a black frame. A tracklet
+  with no readable frame raises in either mode.
+
+  Returns:
+    ((T, H, W, 3) uint8 clip, names `dataset/split/record:frame` of the
+    clip's distinct replaced frames, in order of first use).
+
+  Raises:
+    DataFaultError: a frame fails with on_bad_frame="error", or no frame of
+      the tracklet is readable.
+  """
+  cache: dict[int, np.ndarray] = {}
+  errors: dict[int, Exception] = {}
+
+  def load(i: int) -> np.ndarray | None:
+    if i not in cache and i not in errors:
+      try:
+        cache[i] = augment.decode_resize(frames[i], height, width)
+      except Exception as e:  # pylint: disable=broad-except
+        errors[i] = e
+    return cache.get(i)
+
+  out = np.empty((len(indices), height, width, 3), np.uint8)
+  skipped: list[str] = []
+  for t, i in enumerate(indices):
+    i = int(i)
+    image = load(i)
+    if image is None:
+      if on_bad_frame != "skip":
+        raise DataFaultError.at(where, i, "cannot be decoded",
+                                errors[i])
+      name = where.frame_name(i)
+      if name not in skipped:
+        skipped.append(name)
+      n = len(frames)
+      nearest = sorted((j for j in range(n) if j != i),
+                       key=lambda j, i=i: (abs(j - i), j))
+      image = next((load(j) for j in nearest if load(j) is not None), None)
+      if image is None:
+        raise DataFaultError.at(
+            where, i, f"cannot be decoded, nor can any other of the "
+            f"tracklet's {n} frames (nothing to replace it with)",
+            errors[i], skippable=False)
+    out[t] = image
+  return out, skipped
+
+
+def fault_keys(skipped: Sequence[str]) -> dict[str, np.ndarray]:
+  """The batch keys that report replaced frames (host-side only)."""
+  return {"num_bad_frames": np.asarray(len(skipped), np.int32),
+          "bad_frames": np.asarray(list(skipped), dtype=np.str_)}
 
 
 @dataclasses.dataclass
@@ -219,6 +434,7 @@ class TrainSpec:
   with_flow: bool = False
   process_index: int = 0
   process_count: int = 1
+  on_bad_frame: str = "error"
 
   @property
   def global_batch_size(self) -> int:
@@ -289,7 +505,46 @@ class TrainBatches:
     epoch = bisect.bisect_right(self._starts, step) - 1
     return epoch, self._plans[epoch][step - self._starts[epoch]]
 
+  def _site(self, pos: int, example=None) -> FaultSite:
+    s = self.spec
+    return _site(s.name, s.split, s.records[pos], s.data_dir, example,
+                 pid=s.pids[pos], camid=s.camids[pos])
+
+  def _read(self, source, pos: int, skipped: list[str]
+            ) -> tuple[Mapping[str, Any], int]:
+    """(record, position) of training tracklet `pos`.
+
+    With on_bad_frame="skip", an unreadable record is replaced by the
+    nearest (in the train set's order) readable tracklet of the same
+    identity: labels and the PK structure of the batch stay right, and the
+    choice depends only on the files, so batches stay a pure function of
+    (seed, step). It is named `dataset/split/record:*` in `skipped`.
+    """
+    s = self.spec
+    where = self._site(pos)
+    try:
+      return read_record(source, where), pos
+    except DataFaultError as e:
+      if s.on_bad_frame != "skip":
+        raise
+      cause = e.__cause__
+    pid = s.pids[pos]
+    others = sorted((p for p, q in enumerate(s.pids) if q == pid and p != pos),
+                    key=lambda p: (abs(p - pos), p))
+    for p in others:
+      try:
+        example = source[s.records[p]]
+      except Exception:  # pylint: disable=broad-except
+        continue
+      skipped.append(where.frame_name(None))
+      return example, p
+    raise DataFaultError.at(
+        where, None, f"cannot be read, nor can any other training tracklet "
+        f"of identity {pid} (nothing to replace it with)", cause,
+        skippable=False)
+
   def __call__(self, step: int) -> dict[str, np.ndarray]:
+    """Training batch `step`, with `FAULT_KEYS` when on_bad_frame="skip"."""
     s = self.spec
     _, row = self.locate(int(step))
     lo = s.process_index * s.local_batch_size
@@ -297,8 +552,9 @@ class TrainBatches:
     flow_source = _flow_source(s.name, s.data_dir, s.split) if (
         s.with_flow) else None
     clips, flows, labels, pids, camids = [], [], [], [], []
+    skipped: list[str] = []
     for slot in range(lo, lo + s.local_batch_size):
-      pos = int(row[slot])
+      example, pos = self._read(source, int(row[slot]), skipped)
       rng = np.random.default_rng([s.seed, 11, int(step), slot])
       idx = sampling.sample_clip(s.num_frames[pos], s.clip_len,
                                  s.clip_sampling, rng)
@@ -306,9 +562,10 @@ class TrainBatches:
         idx = sampling.shuffled_clip(
             s.num_frames[pos], s.clip_len,
             np.random.default_rng([s.seed, 13, int(step), slot]))
-      example = source[s.records[pos]]
-      clip = augment.decode_clip(example["frames"], idx, s.augment.height,
-                                 s.augment.width)
+      clip, bad = decode_frames(example["frames"], idx, s.augment.height,
+                                s.augment.width, where=self._site(pos, example),
+                                on_bad_frame=s.on_bad_frame)
+      skipped += bad
       if flow_source is None:
         clips.append(augment.augment_clip(clip, s.augment, rng))
       else:
@@ -329,6 +586,8 @@ class TrainBatches:
     }
     if flows:
       batch["flow"] = np.stack(flows)
+    if s.on_bad_frame == "skip":
+      batch.update(fault_keys(skipped))
     return batch
 
 
@@ -365,7 +624,8 @@ def make_train_spec(data: ReidData, config, *, process_index: int = 0,
       partners=partners,
       with_flow=inp.with_flow,
       process_index=process_index,
-      process_count=process_count)
+      process_count=process_count,
+      on_bad_frame=check_on_bad_frame(inp.get("on_bad_frame", "error")))
 
 
 def _flags_parsed_for_workers() -> None:
@@ -489,9 +749,13 @@ class EvalBatches:
                records: Sequence[int], plan: Sequence[EvalBatch], height: int,
                width: int, process_index: int = 0, process_count: int = 1,
                with_flow: bool = False, shuffle_frames: bool = False,
-               num_frames: Sequence[int] = (), source: Any = None):
+               num_frames: Sequence[int] = (), source: Any = None,
+               on_bad_frame: str = "error"):
     """`source`: the split's records (`ReidData.source`) when they are not
-    the TFDS dataset's (must be picklable for worker processes)."""
+    the TFDS dataset's (must be picklable for worker processes).
+    `on_bad_frame`: "error" or "skip" (`decode_frames`; an unreadable
+    record raises in both: no other tracklet may stand in for a query or
+    gallery tracklet)."""
     self.name, self.data_dir, self.split = name, data_dir, split
     self.source = source
     self.records = tuple(int(r) for r in records)
@@ -501,6 +765,7 @@ class EvalBatches:
     self.with_flow = with_flow
     self.shuffle_frames = shuffle_frames
     self.num_frames = tuple(int(n) for n in num_frames)
+    self.on_bad_frame = check_on_bad_frame(on_bad_frame)
     if shuffle_frames and len(self.num_frames) != len(self.records):
       raise ValueError("shuffle_frames needs every record's num_frames")
 
@@ -524,6 +789,7 @@ class EvalBatches:
     return idx
 
   def __call__(self, i: int) -> dict[str, np.ndarray]:
+    """Eval batch `i`, with `FAULT_KEYS` when on_bad_frame="skip"."""
     batch = self.plan[int(i)]
     n = len(batch.items) // self.process_count
     items = batch.items[self.process_index * n:(self.process_index + 1) * n]
@@ -533,14 +799,21 @@ class EvalBatches:
                      np.uint8)
     flows = np.full((n, batch.clip_len, self.height, self.width, 2), 128,
                     np.uint8) if self.with_flow else None
+    skipped: list[str] = []
+    custom = self.source is not None
     for j, item in enumerate(items):
       if item.position < 0:
         continue
       record = self.records[item.position]
-      frames = source[record]["frames"]
+      example = read_record(source, _site(
+          self.name, self.split, record, self.data_dir, custom_source=custom))
       idx = self.frame_indices(item)
-      clips[j, item.mask] = augment.decode_clip(frames, idx, self.height,
-                                                self.width)
+      clips[j, item.mask], bad = decode_frames(
+          example["frames"], idx, self.height, self.width,
+          where=_site(self.name, self.split, record, self.data_dir, example,
+                      custom_source=custom),
+          on_bad_frame=self.on_bad_frame)
+      skipped += bad
       if flows is not None:
         flows[j, item.mask] = augment.decode_flow_clip(
             _flow_source(self.name, self.data_dir, self.split)[record],
@@ -552,6 +825,8 @@ class EvalBatches:
     }
     if flows is not None:
       out["flow"] = flows
+    if self.on_bad_frame == "skip":
+      out.update(fault_keys(skipped))
     return out
 
 
