@@ -48,3 +48,43 @@ def test_two_processes_match_one(synthetic_data_dir, tmp_path):
   # float summation order.
   assert abs(a["mAP"] - b["mAP"]) < 1e-3
   assert sorted(os.listdir(multi / "checkpoints")) == ["2", "4"]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(
+    synthetic_data_dir, tmp_path):
+  """JAX's preemption sync point: a SIGTERM to process 1 alone makes both
+  processes checkpoint the same step together and exit 0."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  port = _free_port()
+  workdir = tmp_path / "multi"
+  procs = [subprocess.Popen(
+      _flags(workdir, synthetic_data_dir) + [
+          "--config.num_steps=200", "--config.checkpoint.every_steps=2",
+          "--config.distributed.initialize=True",
+          f"--config.distributed.coordinator_address=localhost:{port}",
+          "--config.distributed.num_processes=2",
+          f"--config.distributed.process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  first = workdir / "checkpoints" / "2" / "_CHECKPOINT_METADATA"
+  deadline = time.time() + 300
+  while not first.exists():
+    assert all(p.poll() is None for p in procs), "a process ended early"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=300) for p in procs]
+  steps = []
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    line = [l for l in out.splitlines() if l.startswith("preempted at step")]
+    assert line, out[-2000:] + err[-2000:]
+    steps.append(int(line[0].split()[3].rstrip(",")))
+  assert steps[0] == steps[1] < 200
+  assert (workdir / "checkpoints" / str(steps[0]) / "_CHECKPOINT_METADATA"
+          ).exists()
+  assert not (workdir / "metrics.json").exists()

@@ -648,10 +648,13 @@ def train_loop(run: Run, state: TrainState, iter_state, start_step: int, *,
       ckpt_lib.wait(run.manager)
       seconds = (time.monotonic() - preemption.received_at
                  if preemption.received_at is not None else None)
-      _say("preempted at step %d, checkpoint saved (%s; %s after the "
-           "signal). Rerun the same command to resume.", step,
-           preemption.signal_name,
-           f"{seconds:.1f} s" if seconds is not None else "?")
+      # Every process says it (each one was stopped).
+      print(f"preempted at step {step}, checkpoint saved "
+            f"({preemption.signal_name}; "
+            + (f"{seconds:.1f} s" if seconds is not None else "?")
+            + " after the signal). Rerun the same command to resume."
+            + (f" [process {jax.process_index()}]"
+               if jax.process_count() > 1 else ""), flush=True)
       raise Preempted(step, preemption.signal_name, seconds)
   window.flush()
   ckpt_lib.wait(run.manager)
