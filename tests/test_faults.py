@@ -1,7 +1,9 @@
 """Faults injected for real: signals to a real CLI process, bytes truncated
 on disk, interrupted saves, an unwritable checkpoint directory, a disk too
-small. Each run that resumes must end with the metrics of an uninterrupted
-run (batches are a pure function of (seed, step)).
+small, a live run holding the workdir, a broken JPEG inside a built
+dataset. Each run that resumes must end with the metrics of an
+uninterrupted run (batches are a pure function of (seed, step)); after a
+SIGTERM and resume, its final parameters too, bit for bit.
 """
 
 import json
@@ -41,7 +43,12 @@ def baseline(synthetic_data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("baseline") / "run"
   out = _run(workdir, synthetic_data_dir)
   assert out.returncode == 0, out.stderr[-3000:]
-  return workdir, json.loads((workdir / "metrics.json").read_text())
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6", "8"]
+  assert (workdir / "config.json").exists()
+  assert any(f.startswith("events") for f in os.listdir(workdir))
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert set(metrics["cmc"]) == {"1", "5", "10", "20"}
+  return workdir, metrics
 
 
 def _same_metrics(workdir, want):
@@ -119,6 +126,11 @@ def test_sigterm_checkpoints_the_step_exits_0_and_resumes(
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"Resuming from step {step}" in out.stdout
   _same_metrics(workdir, want)
+  # Not only the metrics: the final parameters are bit-identical.
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  a = ckpt_lib.restore_params(str(baseline[0]))
+  b = ckpt_lib.restore_params(str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
 
 
 def _largest_file(folder):

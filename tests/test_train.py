@@ -137,37 +137,6 @@ def test_iterator_state_resumes_same_batches(synthetic_data_dir):
     np.testing.assert_array_equal(w["clips"], got["clips"])
 
 
-def test_end_to_end_resume_gives_identical_metrics(synthetic_data_dir,
-                                                   tmp_path, capsys):
-  config = _config(synthetic_data_dir)
-  with config.unlocked():
-    config.num_steps = 6
-    config.schedule.name = "constant"
-    del config.schedule["warmup_epochs"]
-  full = tmp_path / "full"
-  res_full = train.train_and_evaluate(config, str(full))
-  assert sorted(os.listdir(full / "checkpoints")) == ["2", "4", "6"]
-  metrics = json.loads((full / "metrics.json").read_text())
-  assert 0.0 <= metrics["mAP"] <= 1.0
-  assert set(metrics["cmc"]) == {"1", "5", "10", "20"}
-  assert (full / "config.json").exists()
-  assert any(f.startswith("events") for f in os.listdir(full))
-
-  # A run "killed" after its step-2 checkpoint: only that checkpoint left.
-  killed = tmp_path / "killed"
-  killed.mkdir()
-  import shutil  # pylint: disable=g-import-not-at-top
-  shutil.copytree(full / "checkpoints" / "2", killed / "checkpoints" / "2")
-  capsys.readouterr()
-  res_resumed = train.train_and_evaluate(config, str(killed))
-  assert "Resuming from step 2" in capsys.readouterr().out
-  assert res_resumed["mAP"] == res_full["mAP"]
-  assert res_resumed["cmc"] == res_full["cmc"]
-  a = ckpt_lib.restore_params(str(full))
-  b = ckpt_lib.restore_params(str(killed))
-  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
-
-
 def test_workdir_of_another_model_is_refused(synthetic_data_dir, tmp_path):
   config = _config(synthetic_data_dir)
   with config.unlocked():
