@@ -231,9 +231,20 @@ def pack_frames(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     ones), and `gather_frames(y, inverse)` puts a per-frame result back at
     the original positions. With the usual masks (real frames first) both
     are the identity.
+
+  Computed without a sort (counts and a one-hot match, exact in int32), so
+  it lowers with a symbolic T everywhere, ONNX included: a real frame goes
+  to the number of real frames before it, a padded one after all real
+  frames, to the number of padded frames before it.
   """
-  order = jnp.argsort(~mask.astype(bool), axis=1, stable=True)
-  inverse = jnp.argsort(order, axis=1, stable=True)
+  mask = mask.astype(bool)
+  real = jnp.cumsum(mask.astype(jnp.int32), axis=1)
+  pad = jnp.cumsum((~mask).astype(jnp.int32), axis=1)
+  inverse = jnp.where(mask, real - 1, real[:, -1:] + pad - 1)
+  positions = jnp.arange(mask.shape[1], dtype=jnp.int32)
+  # order[b, p] = the frame t with inverse[b, t] == p.
+  hit = inverse[:, None, :] == positions[None, :, None]  # (B, P, T)
+  order = jnp.sum(jnp.where(hit, positions[None, None, :], 0), axis=2)
   return order.astype(jnp.int32), inverse.astype(jnp.int32)
 
 
