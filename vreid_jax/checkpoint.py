@@ -357,7 +357,8 @@ def peek_meta(workdir: str) -> tuple[int, dict] | None:
   return step, _restore_meta(manager, step)
 
 
-def _step_dir(path: str, step: int | None, what: str) -> str:
+def step_dir(path: str, step: int | None = None,
+             what: str = "--workdir") -> str:
   """The checkpoints/<step> directory named by a workdir, checkpoints/ dir
   or checkpoints/<step> dir (latest step unless `step`)."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -391,7 +392,7 @@ def restore_params(path: str, *, step: int | None = None,
   Returns:
     {"params": ..., "batch_stats": ...}.
   """
-  state_dir = os.path.join(_step_dir(path, step, what), "state")
+  state_dir = os.path.join(step_dir(path, step, what), "state")
   checkpointer = ocp.StandardCheckpointer()
   tree = checkpointer.metadata(state_dir).item_metadata
   tree = getattr(tree, "tree", tree)
@@ -474,19 +475,19 @@ def restore_for_inference(workdir: str, *, step: int | None = None):
     ValueError: a checkpoint written before metas carried the config.
   """
   from vreid_jax import models  # pylint: disable=g-import-not-at-top
-  step_dir = _step_dir(workdir, step, "--workdir")
-  step = int(os.path.basename(step_dir))
-  manager = _read_only_manager(os.path.dirname(step_dir))
+  path = step_dir(workdir, step, "--workdir")
+  step = int(os.path.basename(path))
+  manager = _read_only_manager(os.path.dirname(path))
   meta = _restore_meta(manager, step)
   if "config" not in meta or "num_classes" not in meta:
     raise ValueError(
-        f"{step_dir}: the checkpoint's meta has no config (written by an "
+        f"{path}: the checkpoint's meta has no config (written by an "
         "older vreid_jax); rebuild the model yourself and use "
         "checkpoint.restore_params")
   config = ml_collections.ConfigDict(meta["config"])
   model = models.build_model(meta["model_name"], meta["num_classes"],
                              meta["model"])
-  return model, restore_params(step_dir), config
+  return model, restore_params(path), config
 
 
 def _default(o):

@@ -299,7 +299,7 @@ def export_workdir(workdir: str, output: str, *, step: int | None = None,
   workdir = os.path.abspath(os.path.expanduser(workdir))
   model, variables, config = checkpoint.restore_for_inference(
       workdir, step=step)
-  step_dir = checkpoint._step_dir(workdir, step, "--workdir")  # pylint: disable=protected-access
+  step_dir = checkpoint.step_dir(workdir, step)
   step = int(os.path.basename(step_dir))
   variables = _host_tree({k: v for k, v in variables.items() if v})
   spec = preprocess.InputSpec.from_config(config.input)

@@ -132,7 +132,7 @@ def open_source(*, workdir: str | None = None, export: str | None = None,
   from vreid_jax.input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
   model, variables, config = checkpoint.restore_for_inference(workdir,
                                                               step=step)
-  step_dir = checkpoint._step_dir(workdir, step, "--workdir")  # pylint: disable=protected-access
+  step_dir = checkpoint.step_dir(workdir, step)
   ev = export_lib.reid_eval_config(config)
   evaluation = {k: ev[k] for k in ("mode", "clip_len", "batch_size",
                                    "protocol", "ap", "metric", "normalize")}
@@ -416,6 +416,12 @@ def _check_frame(path: str) -> str | None:
   return None
 
 
+def frame_files(folder: str) -> list[str]:
+  """A tracklet folder's frame image names, in name order."""
+  return sorted(f for f in os.listdir(folder)
+                if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
 def read_labels(path: str) -> dict[str, tuple[int, int]]:
   """tracklet -> (pid, camid) from a CSV with header tracklet,pid,camid.
 
@@ -466,9 +472,7 @@ def scan_frames_dir(root: str, labels: str | None = None, *,
   if unknown:
     raise ExtractError(f"{labels}: names tracklet folder(s) that are not in "
                        f"{root}: {unknown[:10]}")
-  files = {n: sorted(f for f in os.listdir(os.path.join(root, n))
-                     if f.lower().endswith(IMAGE_EXTENSIONS))
-           for n in names}
+  files = {n: frame_files(os.path.join(root, n)) for n in names}
   names = [n for n in names if files[n]]
   if not names:
     raise ExtractError(f"--frames_dir={root}: no sub-folder holds frame "

@@ -71,8 +71,7 @@ def load_gallery(path: str) -> dict[str, Any]:
 def _frames_of_dir(path: str, height: int, width: int,
                    max_frames: int = 6) -> np.ndarray | None:
   try:
-    names = sorted(f for f in os.listdir(path)
-                   if f.lower().endswith(extract.IMAGE_EXTENSIONS))
+    names = extract.frame_files(path)
   except OSError:
     return None
   return _decode_evenly([os.path.join(path, f) for f in names], height,
