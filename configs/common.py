@@ -111,6 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
       flow_scale=0.05,              # flow pixels x this (+-20 px -> +-1)
       num_workers=0,                # grain worker processes (0 = threads)
       num_threads=2,
+      device_prefetch=2,            # batches placed on the devices ahead
       # A frame that fails to decode: "error" stops, naming dataset, split,
       # record, tracklet and frame; "skip" replaces it by the nearest
       # readable frame of its tracklet and counts it (logs, metrics.json).

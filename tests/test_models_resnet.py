@@ -227,3 +227,31 @@ def test_zero_init_residual(block, last):
 def test_unknown_arch_is_a_clear_error():
   with pytest.raises(ValueError, match="Unknown ResNet arch 'resnet19'"):
     resnet.arch_spec("resnet19")
+
+
+def test_remat_keeps_parameters_outputs_and_gradients():
+  """`remat` recomputes block activations in the backward pass: the same
+  variables (names, shapes), outputs and gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 16, 3))
+  plain = resnet.ResNet(arch="resnet18", width=8, last_stride=1)
+  remat = resnet.ResNet(arch="resnet18", width=8, last_stride=1, remat=True)
+  v = plain.init(jax.random.PRNGKey(1), x, train=False)
+  v_remat = remat.init(jax.random.PRNGKey(1), x, train=False)
+  assert jax.tree.structure(v) == jax.tree.structure(v_remat)
+  assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(v),
+                                                jax.tree.leaves(v_remat)))
+
+  def loss(params, model):
+    y, _ = model.apply({**v, "params": params}, x, train=True,
+                       mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y)), y
+
+  (l0, y0), g0 = jax.jit(jax.value_and_grad(
+      lambda p: loss(p, plain), has_aux=True))(v["params"])
+  (l1, y1), g1 = jax.jit(jax.value_and_grad(
+      lambda p: loss(p, remat), has_aux=True))(v["params"])
+  np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=1e-4,
+                               atol=1e-4 * float(jnp.abs(b).max()) + 1e-7)

@@ -137,6 +137,33 @@ def test_iterator_state_resumes_same_batches(synthetic_data_dir):
     np.testing.assert_array_equal(w["clips"], got["clips"])
 
 
+@pytest.mark.parametrize("size", [0, 2])
+def test_device_prefetch_saves_the_state_of_the_batch_it_hands_out(
+    synthetic_data_dir, size):
+  """With batches already pulled ahead, the state handed out with batch s
+  resumes at batch s+1: a resumed run sees the same batches."""
+  config = _config(synthetic_data_dir)
+  data = pipeline.open_dataset(config.dataset, config.data_dir)
+  batches = pipeline.TrainBatches(pipeline.make_train_spec(data, config))
+  mesh = parallel.make_mesh()
+  ahead = train.DevicePrefetch(pipeline.train_iterator(batches, 5), mesh,
+                               size, host_keys=("labels",))
+  items = list(ahead)
+  assert len(items) == 5  # Every step once, none lost at the end.
+  plain = list(pipeline.train_iterator(batches, 5))
+  for (host, on_device, _), want in zip(items, plain):
+    np.testing.assert_array_equal(host["labels"], want["labels"])
+    assert "labels" not in on_device  # Host keys stay on the host.
+    np.testing.assert_array_equal(np.asarray(on_device["clips"]),
+                                  want["clips"])
+    assert on_device["clips"].sharding == parallel.data_sharded(mesh)
+  resumed = pipeline.train_iterator(batches, 5)
+  resumed.set_state(json.loads(json.dumps(items[1][2])))
+  np.testing.assert_array_equal(next(resumed)["clips"], plain[2]["clips"])
+  with pytest.raises(ValueError, match="device_prefetch"):
+    train.DevicePrefetch(iter(()), mesh, -1)
+
+
 def test_workdir_of_another_model_is_refused(synthetic_data_dir, tmp_path):
   config = _config(synthetic_data_dir)
   with config.unlocked():

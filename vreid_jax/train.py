@@ -25,6 +25,7 @@ preemption sync point).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -540,6 +541,7 @@ class DataFaults:
   at log steps and travels with the data iterator's state in checkpoints, so
   a resumed run reports the same totals as an uninterrupted one.
   """
+  KEYS = ("num_bad_frames", "bad_frames")
 
   def __init__(self, saved: Mapping[str, Any] | None = None):
     saved = saved or {}
@@ -548,7 +550,8 @@ class DataFaults:
     self.window = 0
 
   def add(self, local: dict[str, Any]) -> None:
-    """Pops the fault keys off a local batch (strings cannot be sharded)."""
+    """Pops the fault keys (`KEYS`) off a local batch (strings cannot be
+    sharded)."""
     num = local.pop("num_bad_frames", None)
     names = local.pop("bad_frames", None)
     if num is None:
@@ -566,6 +569,52 @@ class DataFaults:
 
   def state(self) -> dict[str, Any]:
     return {"total": self.total, "names": sorted(self.names)}
+
+
+class DevicePrefetch:
+  """Keeps `size` batches on the devices ahead of the step being run.
+
+  Each batch is pulled from the (grain) iterator and sent to the mesh
+  (`parallel.global_batch`, an asynchronous copy) while earlier steps run,
+  so the host-to-device copy of step s+1 overlaps step s. Every item
+  carries the iterator's state right after its own pull: the state a
+  checkpoint at that step must save, so a resumed run continues with the
+  next batch although later ones were already pulled (and are pulled again
+  after a resume: the same batches, in the same order).
+
+  Yields (host, global device batch, iterator state): `host` holds the
+  batch's entries named in `host_keys` (popped before the copy: e.g. the
+  names of replaced frames, strings that cannot be sharded).
+  """
+
+  def __init__(self, it, mesh, size: int, host_keys: Sequence[str] = ()):
+    if size < 0:
+      raise ValueError(f"config.input.device_prefetch={size}: must be >= 0 "
+                       "(0 = no batch ahead)")
+    self.it, self.mesh, self.size = it, mesh, size
+    self.host_keys = tuple(host_keys)
+    self.queue: collections.deque = collections.deque()
+    self.exhausted = False
+
+  def _pull(self) -> None:
+    try:
+      local = next(self.it)
+    except StopIteration:
+      self.exhausted = True
+      return
+    host = {k: local.pop(k) for k in self.host_keys if k in local}
+    self.queue.append((host, parallel.global_batch(local, self.mesh),
+                       self.it.get_state()))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    while not self.exhausted and len(self.queue) <= self.size:
+      self._pull()
+    if not self.queue:
+      raise StopIteration
+    return self.queue.popleft()
 
 
 # The data_iter checkpoint item: the grain iterator's state and the counts.
@@ -627,10 +676,12 @@ def train_loop(run: Run, state: TrainState, iter_state, start_step: int, *,
              *hooks]
   t_start = time.time()
   step = start_step
+  batches = DevicePrefetch(it, run.mesh,
+                           config.input.get("device_prefetch", 2),
+                           host_keys=DataFaults.KEYS)
   while step < run.total_steps:
-    local = next(it)
-    faults.add(local)
-    batch = parallel.global_batch(local, run.mesh)
+    host, batch, batch_iter_state = next(batches)
+    faults.add(host)
     state, metrics = step_fn(state, batch)
     step += 1
     window.push(step, metrics)
@@ -642,7 +693,7 @@ def train_loop(run: Run, state: TrainState, iter_state, start_step: int, *,
     if last or preempted or run.manager.should_save(step):
       window.flush()  # Never checkpoint a state whose loss is not finite.
       ckpt_lib.save(run.manager, step, state,
-                    {"iterator": it.get_state(),
+                    {"iterator": batch_iter_state,
                      "data_faults": faults.state()}, run.meta, force=True)
     if preempted:
       ckpt_lib.wait(run.manager)

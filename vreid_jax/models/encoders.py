@@ -48,6 +48,7 @@ class FrameEncoder(nn.Module):
     in_channels: input channels (3 for RGB; 2 for a ResNet on flow).
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    remat: rematerialise the backbone's residual blocks (`resnet.ResNet`).
   """
   arch: str = "resnet50"
   width: int = 64
@@ -61,6 +62,7 @@ class FrameEncoder(nn.Module):
   in_channels: int = 3
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, clips: jax.Array, mask: jax.Array | None = None, *,
@@ -90,7 +92,7 @@ class FrameEncoder(nn.Module):
         arch=self.arch, width=self.width, last_stride=self.last_stride,
         zero_init_residual=self.zero_init_residual,
         flow_stem=self.flow_stem, in_channels=self.in_channels, dtype=dtype,
-        param_dtype=param_dtype, name="backbone")(
+        param_dtype=param_dtype, remat=self.remat, name="backbone")(
             common.fold_time(clips), train=train, mask=fmask, flow=fflow)
     x = resnet.global_avg_pool(maps)
     if self.frame_dim > 0:

@@ -64,6 +64,8 @@ class FramewiseModel(nn.Module):
       inputs must then carry "flow").
     dtype: computation dtype (name or dtype); outputs are float32.
     param_dtype: parameter dtype.
+    remat: rematerialise the backbone's residual blocks in the backward
+      pass (memory for long clips or large batches; same results).
   """
   num_classes: int = 0
   arch: str = "resnet50"
@@ -79,6 +81,7 @@ class FramewiseModel(nn.Module):
   use_flow: bool = False
   dtype: Any = "float32"
   param_dtype: Any = "float32"
+  remat: bool = False
 
   def input_keys(self) -> tuple[str, ...]:
     """The input keys this model reads."""
@@ -112,7 +115,7 @@ class FramewiseModel(nn.Module):
         frame_dim=self.frame_dim, reduction_relu=self.reduction_relu,
         reduction_norm=self.reduction_norm,
         reduction_bias=self.reduction_bias, dtype=self.compute_dtype,
-        param_dtype=param_dtype)
+        param_dtype=param_dtype, remat=self.remat)
     # The encoder's `backbone` and `reduction` live at the top of our tree.
     nn.share_scope(self, self.encoder)
     self.layers = tuple(self.temporal_layers())

@@ -213,6 +213,10 @@ class ResNet(nn.Module):
       kaiming-normal (fan_out) init.
     norm: BatchNorm constructor (without `use_running_average`, set from
       `train`); defaults to epsilon 1e-5, momentum 0.9.
+    remat: rematerialise each residual block in the backward pass (its
+      activations are recomputed instead of stored: less memory for long
+      clips and large batches, about one more forward pass of compute). The
+      parameters, their names and the results are unchanged.
   """
   arch: str = "resnet50"
   width: int = 64
@@ -224,6 +228,7 @@ class ResNet(nn.Module):
   param_dtype: Any = jnp.float32
   conv: ModuleDef | None = None
   norm: ModuleDef | None = None
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
@@ -270,6 +275,8 @@ class ResNet(nn.Module):
       common.check_shape(flow, x.shape[:1] + (None, None, 2),
                          f"{self.name}: flow (N, H, W, 2)")
       x = x + stem(flow, "flow_")
+    if self.remat:
+      block_cls = nn.remat(block_cls)
     for i, num_blocks in enumerate(stage_sizes):
       stage_stride = 1 if i == 0 else (self.last_stride if i == 3 else 2)
       for j in range(num_blocks):
