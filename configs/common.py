@@ -82,7 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model_name = "baseline"
   c.model = ml_collections.ConfigDict(dict(
       arch="resnet50", width=64, last_stride=1, frame_dim=0,
-      neck_feat="after", dtype="float32"))
+      neck_feat="after", dtype="float32",
+      remat=False))                 # recompute backbone activations
 
   # The dataset: a TFDS builder of vreid_jax.datasets.
   c.dataset = ml_collections.ConfigDict(dict(

@@ -62,7 +62,8 @@ def gltr_config(dataset: str, variant: str | None, *,
       arch="resnet50", width=64, last_stride=1, frame_dim=128,
       reduction_relu=True, temporal="gltr", num_branches=3, rates=None,
       kernel_size=3, identity_branch=False, alpha=2,
-      attention_norm="softmax", neck_feat="after", dtype="float32"))
+      attention_norm="softmax", neck_feat="after", dtype="float32",
+      remat=False))
   c.model.rates = ml_collections.FieldReference(None, field_type=tuple)
   c.input.height, c.input.width = 256, 128
   c.input.std = (1 / 255, 1 / 255, 1 / 255)
@@ -95,7 +96,8 @@ def gltr_config(dataset: str, variant: str | None, *,
     c.model_name = "baseline"
     c.model = ml_collections.ConfigDict(dict(
         arch="resnet50", width=64, last_stride=1, frame_dim=128,
-        reduction_relu=True, neck_feat="after", dtype="float32"))
+        reduction_relu=True, neck_feat="after", dtype="float32",
+        remat=False))
     c.input.clip_len = 1
     c.input.num_ids_per_batch = 32
     c.input.num_per_id = 4

@@ -452,3 +452,14 @@ def test_motion_twins_config_reports_the_twin_pair_metric(synthetic_data_dir,
   config = config_utils.load_config(
       os.path.join(ROOT, "configs/motion_twins.py:avg,shuffled,runlocal"))
   assert config.input.shuffle_frames and config.model_name == "baseline"
+
+
+def test_remat_may_change_on_resume():
+  """Rematerialisation changes how a model runs, not what it computes."""
+  meta = {"model_name": "gltr", "model": {"width": 8, "remat": False},
+          "param_shapes": {}}
+  now = dict(meta, model={"width": 8, "remat": True})
+  assert ckpt_lib.check_meta(meta, now, "/w", 3) == []
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="model.width"):
+    ckpt_lib.check_meta(meta, dict(now, model={"width": 16, "remat": True}),
+                        "/w", 3)

@@ -176,11 +176,18 @@ def _differences(prefix: str, saved: Mapping[str, Any],
   return out
 
 
+# Model settings that change how a model runs, not what it computes: a run
+# may resume with rematerialisation switched on or off. (The compute dtype
+# changes the numbers, so it stays part of the model.)
+RUNTIME_MODEL_KEYS = ("remat",)
+
+
 def check_meta(saved: Mapping[str, Any], current: Mapping[str, Any],
                workdir: str, step: int) -> list[str]:
   """Raises CheckpointMismatchError naming what differs.
 
-  Compares the model name, the model config, the number of classes, the
+  Compares the model name, the model config (except `RUNTIME_MODEL_KEYS`:
+  rematerialisation), the number of classes, the
   input settings the model depends on and every parameter's shape (sections
   absent from an older checkpoint's meta are skipped), then the optimizer:
   a different optimizer-state layout is refused with its settings named.
@@ -194,7 +201,11 @@ def check_meta(saved: Mapping[str, Any], current: Mapping[str, Any],
     problems.append(f"model_name: checkpoint {saved.get('model_name')!r}, "
                     f"config {current['model_name']!r}")
   if "model" in saved:
-    problems += _differences("model.", saved["model"], current["model"])
+    problems += _differences(
+        "model.", {k: v for k, v in saved["model"].items()
+                   if k not in RUNTIME_MODEL_KEYS},
+        {k: v for k, v in current["model"].items()
+         if k not in RUNTIME_MODEL_KEYS})
   if "num_classes" in saved and saved["num_classes"] != current[
       "num_classes"]:
     problems.append(f"number of training identities: checkpoint "
