@@ -20,6 +20,7 @@ test edit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import os
@@ -170,24 +171,220 @@ def to_steps(epochs: float, steps_per_epoch: int) -> int:
   return int(round(epochs * steps_per_epoch))
 
 
+class ConfigError(ValueError):
+  """A config field holds a value its consumer cannot use (one line, naming
+  the field and what it accepts)."""
+
+
+def check_one_of(field: str, value: Any, allowed: Sequence[str],
+                 note: str = "") -> None:
+  """Raises ConfigError unless `value` is one of `allowed`.
+
+  The message names the field, the value and every allowed value, e.g.
+  `config.evals.reid.mode='every' is not one of all|dense|every_frame|evenly
+  (did you mean 'every_frame'?)`; `note` is appended in parentheses.
+  """
+  if value in allowed:
+    return
+  import difflib  # pylint: disable=g-import-not-at-top
+  hints = []
+  names = [str(a) for a in allowed]
+  close = [a for a in names if str(value) and a.startswith(str(value))][:1]
+  close = close or difflib.get_close_matches(str(value), names, n=3,
+                                             cutoff=0.6)
+  if close:
+    hints.append(f"did you mean {' or '.join(repr(c) for c in close)}?")
+  if note:
+    hints.append(note)
+  raise ConfigError(f"config.{field}={value!r} is not one of "
+                    f"{'|'.join(str(a) for a in allowed)}"
+                    + (f" ({'; '.join(hints)})" if hints else ""))
+
+
+def eval_protocols(dataset_name: str) -> tuple[str, ...]:
+  """The `evals.<name>.protocol` values a dataset supports.
+
+  "given" (the dataset's query set against its gallery set) everywhere; the
+  MARS gallery variants (`protocols.MARS_GALLERY_VARIANTS`: standard,
+  with_queries, matlab) only on MARS: they are defined on its test set and
+  `protocols.mars_split` labels its results mars/<variant>.
+  """
+  from vreid_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
+  from vreid_jax.evaluators import reid  # pylint: disable=g-import-not-at-top
+  if dataset_name.split("/")[0] == "mars":
+    return tuple(reid.PROTOCOLS)
+  return tuple(p for p in reid.PROTOCOLS
+               if p not in protocols.MARS_GALLERY_VARIANTS)
+
+
+@functools.lru_cache(maxsize=None)
+def optimizer_names() -> tuple[str, ...]:
+  """The values `config.optimizer.name` may take: the optax functions that
+  `optim.make_optimizer` can call with a `learning_rate` (sgd, adam, ...)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in dir(optax):
+    fn = getattr(optax, name)
+    if name.startswith("_") or inspect.isclass(fn) or not callable(fn):
+      continue
+    try:
+      params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+      continue
+    if "learning_rate" in params:
+      out.append(name)
+  return tuple(out)
+
+
+def schedule_names() -> tuple[str, ...]:
+  """The values `config.schedule.name` may take: the `<name>_schedule`
+  functions of `vreid_jax.optim` (what `optim.make_schedule` looks up)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from vreid_jax import optim  # pylint: disable=g-import-not-at-top
+
+  def keyword_only(fn) -> bool:  # Not make_schedule(cfg, ...) itself.
+    return all(p.kind == p.KEYWORD_ONLY
+               for p in inspect.signature(fn).parameters.values())
+
+  return tuple(name[:-len("_schedule")] for name, fn in
+               inspect.getmembers(optim, inspect.isfunction)
+               if name.endswith("_schedule")
+               and fn.__module__ == optim.__name__ and keyword_only(fn))
+
+
+def _options(fn, skip: Sequence[str] = ()) -> str:
+  import inspect  # pylint: disable=g-import-not-at-top
+  return ", ".join(n for n in inspect.signature(fn).parameters
+                   if n not in skip)
+
+
+def _check_dataset(field: str, cfg) -> None:
+  """`config.<field>` names a vreid_jax dataset, with a trial iff the
+  dataset is evaluated over trials."""
+  import vreid_jax.datasets  # pylint: disable=g-import-not-at-top
+  from vreid_jax.input_pipeline import splits  # pylint: disable=g-import-not-at-top
+  check_one_of(f"{field}.name", cfg.name, vreid_jax.datasets.NAMES)
+  trial = cfg.get("trial", -1)
+  if cfg.name in splits.TRIAL_DATASETS and (trial is None or trial < 0):
+    raise ConfigError(f"config.{field}.trial={trial!r}: {cfg.name} is "
+                      "evaluated over trials: choose one with "
+                      f"--config.{field}.trial=0, 1, ...")
+  if cfg.name not in splits.TRIAL_DATASETS and trial is not None and (
+      trial >= 0):
+    raise ConfigError(f"config.{field}.trial={trial!r}: {cfg.name} has fixed "
+                      "train/query/gallery splits and no trials: leave it -1")
+
+
+def _check_evals(config) -> None:
+  """Every evaluator: its type, source, and the enum-like fields of a
+  re-id evaluation (mode, protocol for its dataset, metric, AP)."""
+  from vreid_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from vreid_jax import evaluators  # pylint: disable=g-import-not-at-top
+  from vreid_jax.evaluation import distances  # pylint: disable=g-import-not-at-top
+  from vreid_jax.evaluators import embedder  # pylint: disable=g-import-not-at-top
+  evals = config.get("evals")
+  if not evals:
+    raise ConfigError("config.evals names no evaluator")
+  try:
+    evaluators.build_order(evals, config.get("main_eval", "reid"))
+    for name in evals:
+      evaluators.get_class(name, evals[name])
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  for name, cfg in evals.items():
+    where = f"evals.{name}"
+    if "mode" in cfg:
+      check_one_of(f"{where}.mode", cfg.mode, embedder.MODES)
+    if "metric" in cfg:
+      check_one_of(f"{where}.metric", cfg.metric, distances.METRICS)
+    if "ap" in cfg:
+      check_one_of(f"{where}.ap", cfg.ap, evaluation.AP_DEFINITIONS)
+    dataset = config.dataset.name
+    if cfg.get("dataset") is not None and cfg.dataset.get("name"):
+      _check_dataset(f"{where}.dataset", cfg.dataset)
+      dataset = cfg.dataset.name
+    if "protocol" in cfg:
+      allowed = eval_protocols(dataset)
+      if cfg.protocol not in allowed:
+        check_one_of(f"{where}.protocol", cfg.protocol, allowed,
+                     note=f"the protocols of dataset {dataset}")
+
+
+def _check_optimizer(config) -> None:
+  """The optimizer and schedule by name, then their options, by building
+  the optimizer (no parameters needed) and binding the schedule's
+  arguments (its steps are only known once the dataset is open)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from vreid_jax import optim  # pylint: disable=g-import-not-at-top
+  name = config.optimizer.name
+  check_one_of("optimizer.name", name, optimizer_names(),
+               note="the optax optimizers that take a learning_rate")
+  try:
+    optim.make_optimizer(config.optimizer, optax.constant_schedule(0.0))
+  except TypeError as e:
+    raise ConfigError(
+        f"config.optimizer (optax.{name}): {e}; its options: "
+        f"{_options(getattr(optax, name), ('learning_rate',))}") from None
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  kwargs = dict(config.schedule)
+  name = kwargs.pop("name", None)
+  check_one_of("schedule.name", name, schedule_names())
+  fn = getattr(optim, f"{name}_schedule")
+  try:
+    inspect.signature(fn).bind(total_steps=1, steps_per_epoch=1, **kwargs)
+  except TypeError as e:
+    raise ConfigError(
+        f"config.schedule (name={name!r}): {e}; its options: "
+        f"{_options(fn, ('total_steps', 'steps_per_epoch'))}") from None
+
+
 def check_config(config) -> None:
-  """Cross-field checks with messages that name the fields."""
+  """Checks the whole config before any work; messages name the fields.
+
+  Cross-field rules, and every enum-like field against the values the code
+  that consumes it accepts (that code's own list: eval modes, protocols of
+  the evaluated dataset, metrics, AP definitions, clip sampling, PK epochs,
+  on_bad_frame, loss types and options, optimizer and schedule names and
+  options, evaluator types and sources, the model and dataset names).
+
+  Raises:
+    ConfigError (a ValueError): one line naming the field, its value and
+      what it accepts.
+  """
   inp = config.input
   if inp.num_ids_per_batch < 2:
-    raise ValueError("config.input.num_ids_per_batch must be >= 2 (the "
-                     "triplet loss needs negatives)")
+    raise ConfigError("config.input.num_ids_per_batch must be >= 2 (the "
+                      "triplet loss needs negatives)")
   if inp.num_per_id < 1:
-    raise ValueError("config.input.num_per_id must be >= 1")
+    raise ConfigError("config.input.num_per_id must be >= 1")
   if inp.clip_len < 1:
-    raise ValueError("config.input.clip_len must be >= 1")
+    raise ConfigError("config.input.clip_len must be >= 1")
   if len(inp.mean) != 3 or len(inp.std) != 3:
-    raise ValueError("config.input.mean and config.input.std need 3 values")
+    raise ConfigError("config.input.mean and config.input.std need 3 values")
+  from vreid_jax import losses as losses_lib  # pylint: disable=g-import-not-at-top
+  from vreid_jax import models  # pylint: disable=g-import-not-at-top
   from vreid_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  pipeline.check_on_bad_frame(inp.get("on_bad_frame", "error"))
+  from vreid_jax.input_pipeline import sampling  # pylint: disable=g-import-not-at-top
+  check_one_of("input.clip_sampling", inp.clip_sampling, sampling.CLIP_MODES)
+  check_one_of("input.pk_epoch", inp.get("pk_epoch", "tracklets"),
+               sampling.PK_EPOCHS)
+  check_one_of("input.on_bad_frame", inp.get("on_bad_frame", "error"),
+               pipeline.ON_BAD_FRAME,
+               note="error stops at a frame that fails to decode, skip "
+               "replaces it by the nearest readable frame and counts it")
   if not config.losses:
-    raise ValueError("config.losses names no loss")
-  if not config.get("evals"):
-    raise ValueError("config.evals names no evaluator")
+    raise ConfigError("config.losses names no loss")
+  try:
+    losses_lib.resolve(config.losses.to_dict())
+    models.build_model(config.model_name, 2, config.model)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _check_optimizer(config)
+  _check_dataset("dataset", config.dataset)
+  _check_evals(config)
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

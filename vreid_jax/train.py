@@ -2,11 +2,13 @@
 
 `train_and_evaluate(config, workdir)` is four calls, each usable alone:
 
-  run = setup(config, workdir)       # data, model, losses, optimizer, mesh,
+  run = setup(config, workdir)       # the whole config checked first; data,
+                                     # model, losses, optimizer, mesh,
                                      # checkpoint manager, evaluators
   state, it, start = restore_or_init(run)   # latest checkpoint (checked
                                      # against this run), else config.init_from,
-                                     # else scratch
+                                     # else scratch; writes this start's
+                                     # provenance/start-NNNN.json
   state = train_loop(run, state, it, start) # jitted steps, periodic actions
   results = finish(run, state)       # final evaluation, metrics.json
 
@@ -244,6 +246,10 @@ class Run:
   writer: summary_lib.SummaryWriter | None = None
   data_faults: DataFaults | None = None
   lock: Any = None  # workdir_lock.WorkdirLock (released by `finish`).
+  # This start's record, "start-0002" (<workdir>/provenance/start-0002.json;
+  # None on the other processes), and the step it started from.
+  provenance: str | None = None
+  start_step: int | None = None
 
   @property
   def global_batch_size(self) -> int:
@@ -254,11 +260,14 @@ def setup(config, workdir: str) -> Run:
   """Opens the data, builds the model, losses, optimizer and evaluators.
 
   Everything is checked here, before any step and before anything is
-  written: the config's cross-field rules, that the model and the config
+  written: first the whole config (`config_utils.check_config`: every
+  enum-like field against what its consumer accepts, before the workdir,
+  the dataset or any compile), then that the model and the config
   agree on the inputs (flow), that every loss finds its inputs among the
   model's outputs, that every parameter group matches a parameter, and that
   each evaluator can score its queries.
   """
+  config_utils.check_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir_writable(workdir)
   # One run per workdir (process 0 holds it; every process learns whether
@@ -275,8 +284,8 @@ def setup(config, workdir: str) -> Run:
 
 
 def _setup(config, workdir: str) -> Run:
-  """`setup` once the workdir is writable and locked."""
-  config_utils.check_config(config)
+  """`setup` once the config is checked and the workdir writable and
+  locked."""
   mesh = parallel.make_mesh()
   num_devices = mesh.devices.size
   _say("Devices: %d x %s, processes: %d", num_devices,
@@ -437,27 +446,67 @@ def restore_or_init(run: Run):
 
   Returns:
     (state, data iterator state or None, start step). The TensorBoard
-    writer and config.json are opened and written only after the checks,
-    so a refused workdir is left untouched.
+    writer, the start record (`record_start`) and config.json are opened
+    and written only after the checks, so a refused workdir is left
+    untouched.
   """
   restored = ckpt_lib.restore_latest(run.manager, run.abstract_state,
                                      run.meta, run.workdir)
   if restored is not None:
-    state, iter_state, start_step, changes = restored
+    state, iter_state, start_step, optimizer_changes = restored
     _say("Resuming from step %d", start_step)
-    for change in changes:
-      _say("Resuming with a changed optimizer setting: %s", change)
   else:
     variables = initial_variables(run)
     state = jax.device_put(
         create_train_state(variables, run.tx, run.state_rng), run.sharding)
-    iter_state, start_step = None, 0
+    iter_state, start_step, optimizer_changes = None, 0, []
+  said = record_start(run, start_step, resumed=restored is not None)
+  for change in optimizer_changes:
+    # Against the checkpoint's own settings; said unless the line above
+    # (against the previous start) named the setting already.
+    if change.split(":", 1)[0] not in said:
+      _say("Resuming with a changed optimizer setting: %s", change)
   if jax.process_index() == 0:
     with open(os.path.join(run.workdir, "config.json"), "w") as f:
       f.write(run.config.to_json_best_effort(indent=2))
   run.writer = summary_lib.SummaryWriter(run.workdir,
                                          enabled=jax.process_index() == 0)
   return state, iter_state, start_step
+
+
+def record_start(run: Run, start_step: int, *, resumed: bool) -> set[str]:
+  """Writes this start's record, `<workdir>/provenance/start-NNNN.json`.
+
+  The record (`provenance.start_record`) holds the resolved config, the
+  command line, the config file and variant, versions, git commit and
+  devices, the step the run starts from and the settings that changed
+  since the workdir's previous start (its last record, else config.json),
+  which are also said: `resuming with changed settings: schedule.base_lr
+  0.01 -> 0.02`. Only process 0 writes; sets `run.provenance` and
+  `run.start_step`.
+
+  Returns:
+    The changed settings' dotted names (empty on other processes).
+  """
+  from vreid_jax import provenance  # pylint: disable=g-import-not-at-top
+  run.start_step = start_step
+  if jax.process_index() != 0:
+    return set()
+  config = json.loads(run.config.to_json_best_effort())
+  previous, old = provenance.previous_config(run.workdir)
+  changes = provenance.config_changes(old, config) if old is not None else []
+  if changes:
+    what = provenance.format_changes(changes)
+    if resumed:
+      _say("resuming with changed settings: %s", what)
+    else:
+      _say("starting from scratch with settings changed since the previous "
+           "start (%s): %s", previous, what)
+  run.provenance = provenance.write_start_record(
+      run.workdir, provenance.start_record(
+          config=config, start_step=start_step, resumed=resumed,
+          total_steps=run.total_steps, previous=previous, changes=changes))
+  return {c["key"] for c in changes}
 
 
 # ---------------------------------------------------------------------------
@@ -721,6 +770,11 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
                                 workdir=run.workdir)
   metrics = run.evaluations.merged(results)
   metrics["step"] = step
+  # The checkpoint these metrics are of (the last step is always saved)
+  # and the start record of the run that produced them.
+  metrics["checkpoint_step"] = run.manager.latest_step()
+  metrics["provenance"] = (f"provenance/{run.provenance}.json"
+                           if run.provenance else None)
   metrics["data_faults"] = _data_faults_record(run)
   run.writer.scalars(step, run.evaluations.scalars(results))
   run.writer.close()
