@@ -5,11 +5,12 @@ r"""Builds one vreid_jax dataset into array_record files (no TensorFlow needed).
   python data_prep/build.py --dataset=synthetic_video_reid --config=tiny
 
 The dataset's layout under --manual_dir is validated first: a missing file or
-folder is named (with where it comes from) in a one-paragraph message and the
-script exits with status 1, without a traceback. A corrupt or unreadable
-frame stops the build with its path named; with --skip_corrupt it is skipped
-instead, and the skipped frames are counted in the report printed at the
-end. The split sizes (tracklets, ids, frames) are printed when done.
+folder is named (with where it comes from) in one `error:` line and the
+script exits with status 1, without a traceback (--debug, --traceback or
+VREID_DEBUG=1 shows it). A corrupt or unreadable frame stops the build with
+its path named; with --skip_corrupt it is skipped instead, and the skipped
+frames are counted in the report printed at the end. The split sizes
+(tracklets, ids, frames) are printed when done.
 data_prep/README.md says where each download comes from.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 import time
 from collections.abc import Sequence
 
@@ -27,7 +27,9 @@ DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 
 def _parse(argv: Sequence[str] | None,
            datasets: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
+  from vreid_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.ArgumentParser(
+      prog="python data_prep/build.py",
       description="Build a vreid_jax TFDS dataset (array_record files).")
   parser.add_argument("--dataset", required=True, choices=datasets,
                       help="registered builder name")
@@ -45,13 +47,17 @@ def _parse(argv: Sequence[str] | None,
   parser.add_argument("--overwrite", action="store_true",
                       help="rebuild even when the dataset is already built")
   parser.add_argument("--traceback", action="store_true",
-                      help="show the full traceback of a data error")
+                      help="show the full traceback of an error (same as "
+                      "--debug)")
   return parser.parse_args(argv)
 
 
-def _fail(message: str) -> int:
-  print("\n" + textwrap.fill(" ".join(str(message).split()), width=79),
-        file=sys.stderr)
+def _fail(message: str, *, after_progress: bool = False) -> int:
+  """Prints `error: MESSAGE` (one line); returns the exit status 1."""
+  from vreid_jax import cli  # pylint: disable=g-import-not-at-top
+  if after_progress:
+    print(file=sys.stderr)  # End a progress bar's line.
+  cli.print_error(message)
   return 1
 
 
@@ -82,12 +88,21 @@ def split_summary(info) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the build; returns the exit status."""
+  """Runs the build; returns the exit status (an error: one line, 1)."""
   _import_package()
+  from vreid_jax import cli  # pylint: disable=g-import-not-at-top
+  if "--traceback" in (sys.argv[1:] if argv is None else argv):
+    return _main(argv)
+  return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import vreid_jax.datasets  # pylint: disable=g-import-not-at-top
+  from vreid_jax import cli  # pylint: disable=g-import-not-at-top
   from vreid_jax.datasets import base  # pylint: disable=g-import-not-at-top
   args = _parse(argv, vreid_jax.datasets.NAMES)
+  debug = args.traceback or cli.debug_requested(argv)
 
   data_dir = os.path.expanduser(
       args.data_dir or os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -96,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     builder = tfds.builder(name, data_dir=data_dir,
                            skip_corrupt=args.skip_corrupt)
   except Exception as e:  # Unknown config and the like.
+    if debug:
+      raise
     return _fail(f"{name}: {e}")
   needs_manual = getattr(builder, "NEEDS_MANUAL_DIR", True)
   manual_dir = None
@@ -113,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       try:
         validate(manual_dir)
       except base.LayoutError as e:
+        if debug:
+          raise
         return _fail(str(e))
 
   builder.progress_bar = True
@@ -126,13 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     builder.download_and_prepare(download_config=download_config,
                                  file_format="array_record")
   except base.CorruptImageError as e:
-    if args.traceback:
+    if debug:
       raise
-    return _fail(f"{args.dataset}: corrupt or unreadable frame {e}")
+    return _fail(f"{args.dataset}: corrupt or unreadable frame {e}",
+                 after_progress=True)
   except (base.LayoutError, ValueError) as e:
-    if args.traceback:
+    if debug:
       raise
-    return _fail(f"{args.dataset}: {e} (rerun with --traceback for details)")
+    return _fail(f"{args.dataset}: {e} (rerun with --debug for the "
+                 "traceback)", after_progress=True)
   elapsed = time.time() - start
 
   builder = tfds.builder(name, data_dir=data_dir)  # Reads what was written.

@@ -51,7 +51,6 @@ easy frames OpenCV takes ~0.1 s (128x64) to ~0.4 s (256x128) per pair.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import json
@@ -59,7 +58,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -391,15 +389,27 @@ def compute_split(name: str, data_dir: str, split: str, *,
   return path
 
 
-def _fail(message: str) -> int:
-  print("\n" + textwrap.fill(" ".join(str(message).split()), width=79),
-        file=sys.stderr)
+def _fail(message: str, *, after_progress: bool = False) -> int:
+  """Prints `error: MESSAGE` (one line); returns the exit status 1."""
+  from vreid_jax import cli  # pylint: disable=g-import-not-at-top
+  if after_progress:
+    print(file=sys.stderr)  # End a progress bar's line.
+  cli.print_error(message)
   return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the flow computation; returns the exit status."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  """Runs the flow computation; returns the exit status (an error: one
+  `error:` line, 1; --debug or VREID_DEBUG=1 shows the traceback)."""
+  _import_package()
+  from vreid_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+  from vreid_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.ArgumentParser(prog="python data_prep/flow.py",
+                             description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", required=True, help="registered name")
   parser.add_argument("--config", default=None, help="builder config")
   parser.add_argument("--data_dir", default=None,
@@ -428,10 +438,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--no_progress", action="store_true",
                       help="no progress bar")
   args = parser.parse_args(argv)
-  _import_package()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import vreid_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import
   from vreid_jax.input_pipeline import flow  # pylint: disable=g-import-not-at-top
+  if args.dataset not in vreid_jax.datasets.NAMES:
+    return _fail(f"--dataset={args.dataset}: no such dataset"
+                 f"{cli.did_you_mean(args.dataset, vreid_jax.datasets.NAMES)}"
+                 f"; vreid_jax datasets: {', '.join(vreid_jax.datasets.NAMES)}")
 
   try:
     params = parse_tvl1(args.tvl1)
@@ -447,7 +460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.data_dir or os.environ.get("TFDS_DATA_DIR")
       or os.path.join("~", "tensorflow_datasets"))
   name = args.dataset + (f"/{args.config}" if args.config else "")
-  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    if cli.debug_requested(argv):
+      raise
+    return _fail(f"{name}: {e}")  # E.g. an unknown --config.
   if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
     return _fail(f"{name} is not built in {data_dir}: build it first with "
                  f"python data_prep/build.py --dataset={args.dataset} ...")

@@ -9,10 +9,11 @@ Each .npz holds `features` (N, D), `pids` (N,) and `camids` (N,) (integers);
 the gallery file may also hold `junk` (N,) bool, replacing the default junk
 rule pid == -1 (e.g. for the MARS "matlab" gallery). Files written by the
 trainer (`eval.save_features=True`) or by `python -m vreid_jax.extract` also
-record the run's `protocol`, `ap`, `metric` and `normalize` (0-d arrays);
-these are used unless --ap/--metric/--[no-]normalize are given, so such a
-pair reproduces the run's metrics.json with no flags ("settings" in the
-output says what was used and where it came from).
+record the run's `protocol`, `ap`, `metric` and `normalize` (0-d arrays),
+and the trainer's also `max_rank`; these are used unless
+--ap/--metric/--[no-]normalize/--max_rank are given, so such a pair
+reproduces the run's metrics.json with no flags ("settings" in the output
+says what was used and where it came from).
 
 Fusing streams (`--fuse`): give several files per set, comma-separated, the
 same tracklets in the same order (their pids, camids and junk must agree);
@@ -80,7 +81,10 @@ from vreid_jax.evaluation import evaluator
 REQUIRED_KEYS = ("features", "pids", "camids")
 # Evaluation settings a features file may record (written by the trainer's
 # eval.save_features and by vreid_jax.extract); used unless a flag is given.
-SETTINGS = {"ap": "step", "metric": "euclidean", "normalize": False}
+SETTINGS = {"ap": "step", "metric": "euclidean", "normalize": False,
+            "max_rank": 20}
+# Recorded for the record only: reported under "settings", never applied.
+RECORDED_INFO = ("protocol", "protocol_name", "dataset")
 
 
 class FeatureFileError(ValueError):
@@ -125,7 +129,7 @@ def load_feature_file(path: str, *, allow_junk: bool = False
       features = data["features"]
       pids, camids = data["pids"], data["camids"]
       junk = data["junk"] if (allow_junk and "junk" in data.files) else None
-      recorded = {k: data[k].item() for k in tuple(SETTINGS) + ("protocol",)
+      recorded = {k: data[k].item() for k in tuple(SETTINGS) + RECORDED_INFO
                   if k in data.files and data[k].ndim == 0}
     except Exception as e:  # pylint: disable=broad-except
       raise FeatureFileError(f"{path}: cannot read arrays ({e})") from e
@@ -152,8 +156,9 @@ def load_feature_file(path: str, *, allow_junk: bool = False
 
 def resolve_settings(args: argparse.Namespace, *files: dict[str, Any]
                      ) -> dict[str, Any]:
-  """ap, metric and normalize: the flag, else what the files record (they
-  must agree), else the default; with where each came from.
+  """ap, metric, normalize and max_rank: the flag, else what the files
+  record (they must agree), else the default; with where each came from.
+  The recorded protocol (and its full name and dataset) are reported.
 
   Raises:
     FeatureFileError: the files record different values and no flag says
@@ -174,10 +179,10 @@ def resolve_settings(args: argparse.Namespace, *files: dict[str, Any]
     else:
       out[key], source = default, "default"
     out.setdefault("sources", {})[key] = source
-  protocols = {f["settings"]["protocol"] for f in files
-               if "protocol" in f["settings"]}
-  if protocols:
-    out["protocol"] = "/".join(sorted(protocols))
+  for key in RECORDED_INFO:
+    seen = {str(f["settings"][key]) for f in files if key in f["settings"]}
+    if seen:
+      out[key] = "/".join(sorted(seen))
   return out
 
 
@@ -208,7 +213,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--rerank_k1", type=int, default=20)
   p.add_argument("--rerank_k2", type=int, default=6)
   p.add_argument("--rerank_lambda", type=float, default=0.3)
-  p.add_argument("--max_rank", type=int, default=20)
+  p.add_argument("--max_rank", type=int, default=None,
+                 help="CMC curve length (default: what the files record, "
+                 "else 20)")
   p.add_argument("--backend", default="auto", choices=("auto", "numpy", "jax"))
   p.add_argument("--dtype", default="auto",
                  choices=("auto", "float32", "float64"),
@@ -264,19 +271,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if dq != dg:
     raise FeatureFileError(f"feature dims differ: {args.query} has D={dq}, "
                            f"{args.gallery} has D={dg}")
-  if args.max_rank < 1:
-    raise FeatureFileError(f"--max_rank must be >= 1, got {args.max_rank}")
+  settings = resolve_settings(args, query, gallery)
+  if int(settings["max_rank"]) < 1:
+    raise FeatureFileError(f"--max_rank must be >= 1, got "
+                           f"{settings['max_rank']}")
   qf, gf = query["features"], gallery["features"]
   if args.dtype != "auto":
     qf, gf = qf.astype(args.dtype), gf.astype(args.dtype)
-  settings = resolve_settings(args, query, gallery)
   if args.backend == "jax":
     import jax  # pylint: disable=g-import-not-at-top,unused-import
   result = evaluator.evaluate(
       qf, query["pids"], query["camids"], gf, gallery["pids"],
       gallery["camids"], metric=settings["metric"],
       normalize=bool(settings["normalize"]), ap=settings["ap"],
-      max_rank=args.max_rank, rerank=args.rerank,
+      max_rank=int(settings["max_rank"]), rerank=args.rerank,
       rerank_k1=args.rerank_k1, rerank_k2=args.rerank_k2,
       rerank_lambda=args.rerank_lambda, gallery_junk=gallery.get("junk"),
       query_chunk=args.query_chunk, backend=args.backend)
@@ -285,15 +293,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(argv)
+  """A bad file is one `error:` line (exit 2; another bad value: exit 1);
+  `--debug` or VREID_DEBUG=1 shows the traceback instead."""
+  from vreid_jax import cli  # pylint: disable=g-import-not-at-top
+  debug = cli.debug_requested(argv)
+  args = parse_args(cli.strip_debug(argv))
   try:
     result = run(args)
-  except FeatureFileError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except ValueError as e:  # FeatureFileError included.
+    if debug:
+      raise
+    cli.print_error(e)
+    return 2 if isinstance(e, FeatureFileError) else 1
   sys.stdout.write(json.dumps(result) + "\n")
   return 0
 

@@ -54,6 +54,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vreid_jax import cli
+
 PLATFORMS = ("cpu", "cuda", "tpu")
 MODEL_FILE = "model.jax"
 VARIABLES_FILE = "variables.msgpack"
@@ -486,7 +488,7 @@ def load(path: str) -> Artifact:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m vreid_jax.export",
       description="Export a trained workdir's embedding model (jax.export, "
       "msgpack variables, model card, optional ONNX).")
@@ -505,14 +507,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the export; a bad input is one `error:` line (exit 2)."""
+  return cli.run(_main, argv, errors=(ExportError, FileNotFoundError),
+                 exit_code=2)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
-  try:
-    export_workdir(args.workdir, args.output, step=args.step,
-                   platforms=[p for p in args.platforms.split(",") if p],
-                   onnx=args.onnx, overwrite=args.overwrite)
-  except (ExportError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  export_workdir(args.workdir, args.output, step=args.step,
+                 platforms=[p for p in args.platforms.split(",") if p],
+                 onnx=args.onnx, overwrite=args.overwrite)
   return 0
 
 

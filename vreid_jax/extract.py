@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from vreid_jax import cli
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 LABELS_FILE = "labels.csv"
 
@@ -138,6 +140,8 @@ def open_source(*, workdir: str | None = None, export: str | None = None,
                                    "protocol", "ap", "metric", "normalize")}
   evaluation["max_frames_per_device"] = int(
       ev.get("max_frames_per_device", 0))
+  if ev.get("max_rank") is not None:
+    evaluation["max_rank"] = int(ev.max_rank)
   evaluation["dataset"] = (ev.dataset.to_dict() if ev.dataset.get("name")
                            else None)
   return Source(kind="workdir", path=os.path.abspath(workdir),
@@ -285,7 +289,8 @@ def extract_dataset(source: Source, output: str, *,
   if "query" in splits and "gallery" in splits:
     test, split = reid.protocol_split(data, protocol)
     settings = {"protocol": protocol, **{k: source.evaluation[k] for k in
-                                         ("ap", "metric", "normalize")}}
+                                         ("ap", "metric", "normalize")},
+                "max_rank": source.evaluation.get("max_rank")}
     files.update(reid.feature_files(
         np.concatenate([features["query"], features["gallery"]]), test,
         split, settings=settings))
@@ -577,7 +582,7 @@ def extract_frames(source: Source, frames_dir: str, output: str, *,
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m vreid_jax.extract",
       description="Embed tracklets (a dataset's roles, or folders of frames)"
       " with a trained workdir or an export folder.")
@@ -619,33 +624,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+def _errors() -> tuple[type[BaseException], ...]:
+  from vreid_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  from vreid_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  return (ExtractError, export_lib.ExportError, FileNotFoundError,
+          pipeline.DatasetNotBuiltError, pipeline.DataFaultError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the extraction; a bad input is one `error:` line (exit 2)."""
+  return cli.run(_main, argv, errors=_errors, exit_code=2)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.ERROR)
-  from vreid_jax import export as export_lib  # pylint: disable=g-import-not-at-top
-  from vreid_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  try:
-    source = open_source(workdir=args.workdir, export=args.export,
-                         step=args.step)
-    plan = make_plan(source, mode=args.mode, clip_len=args.clip_len,
-                     batch_size=args.batch_size)
-    if args.frames_dir:
-      record = extract_frames(source, args.frames_dir, args.output,
-                              labels=args.labels, plan=plan,
-                              num_workers=args.num_workers,
-                              num_threads=args.num_threads)
-    else:
-      record = extract_dataset(
-          source, args.output, dataset=args.dataset, data_dir=args.data_dir,
-          trial=args.trial,
-          splits=[s for s in args.splits.split(",") if s],
-          protocol=args.protocol, plan=plan, num_workers=args.num_workers,
-          num_threads=args.num_threads)
-  except (ExtractError, export_lib.ExportError, FileNotFoundError,
-          pipeline.DatasetNotBuiltError, pipeline.DataFaultError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  source = open_source(workdir=args.workdir, export=args.export,
+                       step=args.step)
+  plan = make_plan(source, mode=args.mode, clip_len=args.clip_len,
+                   batch_size=args.batch_size)
+  if args.frames_dir:
+    record = extract_frames(source, args.frames_dir, args.output,
+                            labels=args.labels, plan=plan,
+                            num_workers=args.num_workers,
+                            num_threads=args.num_threads)
+  else:
+    record = extract_dataset(
+        source, args.output, dataset=args.dataset, data_dir=args.data_dir,
+        trial=args.trial,
+        splits=[s for s in args.splits.split(",") if s],
+        protocol=args.protocol, plan=plan, num_workers=args.num_workers,
+        num_threads=args.num_threads)
   print("wrote " + ", ".join(f["path"] if isinstance(f, Mapping) else f
                              for f in record["files"].values()), flush=True)
   return 0

@@ -16,12 +16,19 @@ unless flags say otherwise; `--rerank` applies k-reciprocal re-ranking
 gallery.
 
 Writes `<output>/ranks.json` (per query: its name and labels, then the top
-K gallery entries with rank, gallery row, tracklet id, pid, camid and
-distance) and `<output>/ranked_list_<query>.png` (the query's frames, then
-ranks 1..K; gallery frames are read from the frames folders or the TFDS
-records the features file names; a match is drawn green when the query's
-pid is known and equal). Ranks here are plain nearest-neighbour ranks: no
-junk or same-camera rule applies, since a search has no protocol.
+K gallery entries with rank, position in distance order, gallery row,
+tracklet id, pid, camid and distance, and the junk entries met on the way)
+and `<output>/ranked_list_<query>.png` (the query's frames, then ranks
+1..K with the junk entries among them; gallery frames are read from the
+frames folders or the TFDS records the features file names; a match is
+drawn green when the query's pid is known and equal).
+
+Ranks are numbered as the CMC counts them (`plots.ranked_list`): gallery
+entries the features file flags as junk (`junk`, written by save_features
+and extract for the protocol's gallery) and, for a query whose pid is
+known, entries with its pid and camera are shown, marked "junk", and not
+counted, so rank 3 here is rank 3 of the CMC. `--plain_ranks` numbers
+every entry (plain nearest-neighbour ranks, nothing junk).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from vreid_jax import cli
 from vreid_jax import extract
 
 
@@ -136,7 +144,18 @@ def search(gallery: dict[str, Any], query_features: np.ndarray, *,
            metric: str, normalize: bool, top_k: int, rerank: bool
            ) -> tuple[np.ndarray, np.ndarray]:
   """(order, distances): the top-k gallery rows per query and their
-  distances (re-ranked distances with `rerank`)."""
+  distances (re-ranked distances with `rerank`), nothing junk."""
+  dist = gallery_distances(gallery, query_features, metric=metric,
+                           normalize=normalize, rerank=rerank)
+  k = min(top_k, dist.shape[1])
+  order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+  return order, np.take_along_axis(dist, order, axis=1)
+
+
+def gallery_distances(gallery: dict[str, Any], query_features: np.ndarray,
+                      *, metric: str, normalize: bool, rerank: bool
+                      ) -> np.ndarray:
+  """(num_queries, num_gallery) distances (re-ranked with `rerank`)."""
   from vreid_jax.evaluation import distances as distances_lib  # pylint: disable=g-import-not-at-top
   gf = gallery["features"]
   if query_features.shape[1] != gf.shape[1]:
@@ -151,10 +170,48 @@ def search(gallery: dict[str, Any], query_features: np.ndarray, *,
     dist = distances_lib.pairwise_distances(query_features, gf,
                                             metric=metric,
                                             normalize=normalize)
-  dist = np.asarray(dist)
-  k = min(top_k, dist.shape[1])
-  order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-  return order, np.take_along_axis(dist, order, axis=1)
+  return np.asarray(dist)
+
+
+def ranked_entries(gallery: dict[str, Any], dist: np.ndarray, query_pid: int,
+                   query_camid: int, *, top_k: int, plain: bool = False
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                              Any]:
+  """(ranked, junk, plots.RankedList) of one query.
+
+  `ranked`: the top_k counted entries, numbered as the CMC counts them;
+  `junk`: the junk entries drawn among them (gallery `junk` flags, same pid
+  and camera as a labelled query); both with their 1-based position in
+  distance order. `plain`: nothing is junk.
+  """
+  from vreid_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+  dist = np.asarray(dist).reshape(-1)
+  junk = None if plain else gallery.get("junk")
+  if junk is not None and np.shape(junk) != dist.shape:
+    raise SearchError(f"the gallery's 'junk' has shape {np.shape(junk)}, "
+                      f"expected {dist.shape}")
+  lst = plots.ranked_list(dist, gallery["pids"], gallery["camids"],
+                          query_pid, query_camid,
+                          top_k=top_k, gallery_junk=junk,
+                          same_camera_rule=not plain)
+  order = np.argsort(dist, kind="stable")
+  position = np.empty_like(order)
+  position[order] = np.arange(1, order.size + 1)
+  ranked, junk_entries = [], []
+  for row, rank in zip(lst.positions, lst.ranks):
+    row = int(row)
+    entry = {"rank": rank, "position": int(position[row]),
+             "gallery_row": row,
+             "tracklet_id": np.asarray(gallery["tracklet_ids"][row]).item(),
+             "pid": int(gallery["pids"][row]),
+             "camid": int(gallery["camids"][row]),
+             "distance": float(dist[row])}
+    if rank is None:
+      del entry["rank"]
+      junk_entries.append(entry)
+    else:
+      ranked.append(entry)
+  return ranked, junk_entries, lst
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,9 +230,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   extract.say_footage(footage)
   query_features, speed = extract.embed_footage(
       source, footage, extract.make_plan(source))
-  order, dist = search(gallery, query_features, metric=metric,
-                       normalize=normalize, top_k=args.top_k,
-                       rerank=args.rerank)
+  dist = gallery_distances(gallery, query_features, metric=metric,
+                           normalize=normalize, rerank=args.rerank)
   os.makedirs(args.output, exist_ok=True)
   spec = source.spec
   frames_of = GalleryFrames(gallery, spec.height, spec.width)
@@ -184,35 +240,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   from vreid_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
   for i, name in enumerate(footage.names):
     qp, qc = int(footage.pids[i]), int(footage.camids[i])
-    ranked = []
-    for r, (row, d) in enumerate(zip(order[i], dist[i])):
-      row = int(row)
-      ranked.append({"rank": r + 1, "gallery_row": row,
-                     "tracklet_id": np.asarray(
-                         gallery["tracklet_ids"][row]).item(),
-                     "pid": int(gallery["pids"][row]),
-                     "camid": int(gallery["camids"][row]),
-                     "distance": float(d)})
+    ranked, junk, lst = ranked_entries(gallery, dist[i], qp, qc,
+                                       top_k=args.top_k,
+                                       plain=args.plain_ranks)
     queries.append({"query": name, "pid": qp, "camid": qc,
-                    "frames": len(footage.frames[i]), "ranks": ranked})
+                    "frames": len(footage.frames[i]), "ranks": ranked,
+                    "junk": junk, "hidden_junk": lst.hidden_junk})
     if args.no_pictures:
       continue
-    rows = [int(r) for r in order[i]]
-    gp = gallery["pids"][rows]
-    is_match = (gp == qp) & (qp >= 0)
+    rows = [int(r) for r in lst.positions]
     path = os.path.join(args.output, f"ranked_list_{i}_{_safe(name)}.png")
     try:
       plots.plot_ranked_lists(
           _decode_evenly(footage.frames[i], spec.height, spec.width, 6),
-          [frames_of(r) for r in rows], is_match=is_match, is_junk=None,
-          path=path,
+          [frames_of(r) for r in rows], is_match=lst.is_match,
+          is_junk=lst.is_junk, ranks=lst.ranks, path=path,
           title=f"query {name}" + (f" (pid {qp} cam {qc})" if qp >= 0
                                    else "")
-          + (" re-ranked" if args.rerank else ""),
+          + (" re-ranked" if args.rerank else "")
+          + (f"; {lst.hidden_junk} more junk not shown"
+             if lst.hidden_junk else ""),
           labels=[f"#{np.asarray(gallery['tracklet_ids'][r]).item()} "
                   f"pid {int(gallery['pids'][r])} cam "
-                  f"{int(gallery['camids'][r])}\nd={dist[i][j]:.3g}"
-                  for j, r in enumerate(rows)])
+                  f"{int(gallery['camids'][r])}\nd={dist[i][r]:.3g}"
+                  for r in rows])
       pictures.append(path)
     except Exception as e:  # pylint: disable=broad-except
       print(f"warning: could not draw {path}: {e}", file=sys.stderr)
@@ -221,7 +272,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": {"kind": source.kind, "path": source.path,
                       "step": source.step},
             "metric": metric, "normalize": normalize,
-            "rerank": bool(args.rerank), "top_k": int(order.shape[1]),
+            "rerank": bool(args.rerank),
+            "top_k": int(min(args.top_k, dist.shape[1])),
+            "plain_ranks": bool(args.plain_ranks),
             "speed": speed, "footage": footage.report(),
             "queries": queries, "pictures": pictures}
   with open(os.path.join(args.output, "ranks.json"), "w") as f:
@@ -230,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m vreid_jax.search",
       description="Rank a gallery features file for query tracklets.")
   p.add_argument("--features", required=True,
@@ -252,22 +305,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="default: the gallery file's, else euclidean")
   p.add_argument("--normalize", default=None,
                  action=argparse.BooleanOptionalAction)
+  p.add_argument("--plain_ranks", action="store_true",
+                 help="number every entry (no junk: neither the gallery "
+                 "file's junk flags nor the same-camera rule)")
   p.add_argument("--no_pictures", action="store_true",
                  help="write ranks.json only")
   return p.parse_args(argv)
 
 
+def _errors() -> tuple[type[BaseException], ...]:
+  from vreid_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  return (SearchError, extract.ExtractError, export_lib.ExportError,
+          FileNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the search; a bad input is one `error:` line (exit 2)."""
+  return cli.run(_main, argv, errors=_errors, exit_code=2)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.ERROR)
-  from vreid_jax import export as export_lib  # pylint: disable=g-import-not-at-top
-  try:
-    result = run(args)
-  except (SearchError, extract.ExtractError, export_lib.ExportError,
-          FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  result = run(args)
   print(f"ranked {result['num_gallery']} gallery tracklets for "
         f"{len(result['queries'])} queries; wrote "
         f"{os.path.join(args.output, 'ranks.json')} and "

@@ -1,9 +1,13 @@
 """Pictures of evaluation results (matplotlib, Agg backend, imported lazily).
 
-* `plot_cmc`: CMC curve(s) as a PNG.
+* `plot_cmc`: CMC curve(s) as a PNG, titled (`cmc_title`) with the dataset,
+  protocol and AP definition the numbers come from.
 * `plot_ranked_lists`: a query tracklet and its top-k gallery tracklets as
   frame strips, like Fig. 7 of the GLTR paper: green border = true match,
-  red = wrong, grey and faded = junk (ignored by the metrics).
+  red = wrong, grey and faded = junk (ignored by the metrics). Ranks are
+  numbered as the CMC counts them (`ranked_list`): junk entries are shown,
+  marked "junk", and not counted, so the picture's "rank 3" is the CMC's
+  rank 3.
 * `plot_boxes`: frames side by side, each with a box (e.g. the region a
   spatial transformer samples).
 * `plot_attention`: frames side by side with a spatial attention map
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,6 +36,117 @@ def _figure(**kwargs):
   fig = Figure(**kwargs)
   FigureCanvasAgg(fig)
   return fig
+
+
+def cmc_title(dataset: str | None = None, protocol: str | None = None,
+              ap: str | None = None, *, prefix: str = "CMC") -> str:
+  """'CMC: <dataset>, protocol <protocol>, <ap> AP' (the parts given).
+
+  A protocol name that already starts with the dataset ("mars/matlab") is
+  not repeated after it.
+  """
+  parts = []
+  if dataset:
+    parts.append(str(dataset))
+  if protocol:
+    protocol = str(protocol)
+    if dataset and protocol.startswith(f"{dataset}/"):
+      protocol = protocol[len(str(dataset)) + 1:]
+    parts.append(f"protocol {protocol}")
+  if ap:
+    parts.append(f"{ap} AP")
+  return f"{prefix}: " + ", ".join(parts) if parts else prefix
+
+
+def cmc_ranks(is_junk: Sequence[bool]) -> list[int | None]:
+  """The CMC rank of each entry of a distance-ordered list: junk entries
+  get None and are not counted (`metrics.py`'s rule)."""
+  out: list[int | None] = []
+  rank = 0
+  for junk in is_junk:
+    if junk:
+      out.append(None)
+    else:
+      rank += 1
+      out.append(rank)
+  return out
+
+
+class RankedList(NamedTuple):
+  """The entries of one query's ranked-list picture.
+
+  Attributes:
+    positions: gallery indices drawn, in distance order (junk included).
+    ranks: CMC rank of each drawn entry (None for junk).
+    is_match: same pid as the query and not junk.
+    is_junk: ignored by the metrics (gallery junk flag, or same pid and
+      same camera as the query).
+    hidden_junk: junk entries before the last drawn rank left out of the
+      picture (more than `max_junk`).
+  """
+  positions: np.ndarray
+  ranks: list[int | None]
+  is_match: np.ndarray
+  is_junk: np.ndarray
+  hidden_junk: int
+
+
+def ranked_list(distances: Any, gallery_pids: Any, gallery_camids: Any,
+                query_pid: int, query_camid: int, *, top_k: int,
+                gallery_junk: Any | None = None,
+                max_junk: int | None = None,
+                same_camera_rule: bool = True) -> RankedList:
+  """One query's top-k ranked list, ranked and numbered as the CMC does.
+
+  Entries are ordered by increasing distance, ties by gallery index (the
+  metrics' stable order). Junk entries (`gallery_junk`, and with
+  `same_camera_rule` those with the query's pid and camera) are kept in
+  the list, marked, and not counted: the list runs until its `top_k`-th
+  counted rank, with at most `max_junk` (default `top_k`) junk entries
+  drawn among them.
+
+  Args:
+    distances: (n,) distances of the query to the gallery.
+    gallery_pids, gallery_camids: (n,) labels.
+    query_pid, query_camid: the query's labels (a negative pid: unknown,
+      nothing is a match and the same-camera rule is off).
+    top_k: counted ranks to show.
+    gallery_junk: (n,) bool gallery junk flags (default: none).
+    max_junk: junk entries drawn at most (None: top_k).
+    same_camera_rule: also mark same pid and same camera entries junk.
+  """
+  d = np.asarray(distances).reshape(-1)
+  gp = np.asarray(gallery_pids).reshape(-1)
+  gc = np.asarray(gallery_camids).reshape(-1)
+  junk = (np.zeros(d.size, bool) if gallery_junk is None
+          else np.asarray(gallery_junk, bool).reshape(-1).copy())
+  if gp.shape != d.shape or gc.shape != d.shape or junk.shape != d.shape:
+    raise ValueError(f"{d.size} distances but {gp.size} pids, {gc.size} "
+                     f"camids and {junk.size} junk flags")
+  known = int(query_pid) >= 0
+  same = (gp == int(query_pid)) & known
+  if same_camera_rule and known:
+    junk |= same & (gc == int(query_camid))
+  max_junk = top_k if max_junk is None else max_junk
+  order = np.argsort(d, kind="stable")
+  positions, shown_junk, hidden, counted = [], 0, 0, 0
+  for j in order:
+    if counted >= top_k:
+      break
+    if junk[j]:
+      if shown_junk < max_junk:
+        positions.append(int(j))
+        shown_junk += 1
+      else:
+        hidden += 1
+      continue
+    positions.append(int(j))
+    counted += 1
+  pos = np.asarray(positions, np.int64)
+  is_junk = junk[pos]
+  return RankedList(positions=pos, ranks=cmc_ranks(is_junk),
+                    is_match=same[pos] & ~is_junk, is_junk=is_junk,
+                    hidden_junk=hidden)
 
 
 def plot_cmc(cmc_curve: Sequence[float] | Mapping[str, Sequence[float]],
@@ -82,8 +197,13 @@ def plot_ranked_lists(query_frames: Any, gallery_frames_list: Sequence[Any],
                       is_match: Sequence[bool], is_junk: Sequence[bool] | None,
                       path: str | os.PathLike, *, max_frames: int = 6,
                       title: str | None = None,
-                      labels: Sequence[str] | None = None) -> str:
-  """Writes a ranked-list figure: query on top, then ranks 1..k.
+                      labels: Sequence[str] | None = None,
+                      ranks: Sequence[int | None] | None = None) -> str:
+  """Writes a ranked-list figure: query on top, then the gallery entries.
+
+  Entries are labelled with their CMC rank: junk entries are drawn (grey,
+  faded, "junk, not ranked") but not counted, so the rank numbers are the
+  ones the CMC and mAP use (`ranked_list` chooses the entries).
 
   Args:
     query_frames: uint8 (T, H, W, 3) (or (T, H, W)) query tracklet.
@@ -95,21 +215,26 @@ def plot_ranked_lists(query_frames: Any, gallery_frames_list: Sequence[Any],
     max_frames: frames shown per tracklet (evenly sampled).
     title: figure title.
     labels: optional text per gallery row (e.g. "pid 12 cam 3").
+    ranks: the rank shown per row (None: junk, not ranked); default the
+      CMC numbering of `is_junk` (`cmc_ranks`).
   """
   k = len(gallery_frames_list)
   is_match = list(is_match)
-  is_junk = [False] * k if is_junk is None else list(is_junk)
+  is_junk = [False] * k if is_junk is None else [bool(j) for j in is_junk]
   if len(is_match) != k or len(is_junk) != k:
     raise ValueError(f"{k} gallery tracklets but {len(is_match)} is_match "
                      f"and {len(is_junk)} is_junk flags")
+  ranks = cmc_ranks(is_junk) if ranks is None else list(ranks)
+  if len(ranks) != k:
+    raise ValueError(f"{k} gallery tracklets but {len(ranks)} ranks")
   rows = [_strip(query_frames, max_frames)]
   rows += [_strip(g, max_frames) for g in gallery_frames_list]
   # pylint: disable-next=g-import-not-at-top
   from matplotlib.patches import Rectangle
   height = max(r.shape[0] for r in rows)
   width = max(r.shape[1] for r in rows)
-  fig = _figure(figsize=(1.2 * width / height + 1.5, 1.2 * (k + 1)),
-                dpi=100)
+  fig_w = 1.2 * width / height + 1.5
+  fig = _figure(figsize=(fig_w, 1.2 * (k + 1)), dpi=100)
   axes = fig.subplots(k + 1, 1, squeeze=False)
   for i, (ax, strip) in enumerate(zip(axes[:, 0], rows)):
     if i == 0:
@@ -118,7 +243,9 @@ def plot_ranked_lists(query_frames: Any, gallery_frames_list: Sequence[Any],
       junk = bool(is_junk[i - 1])
       color = (JUNK_COLOR if junk else
                MATCH_COLOR if is_match[i - 1] else WRONG_COLOR)
-      text = f"rank {i}" + (" (junk)" if junk else "")
+      rank = ranks[i - 1]
+      text = ("junk, not ranked" if junk or rank is None
+              else f"rank {rank}")
       alpha = 0.35 if junk else 1.0
       if labels is not None:
         text += f"\n{labels[i - 1]}"
@@ -136,7 +263,10 @@ def plot_ranked_lists(query_frames: Any, gallery_frames_list: Sequence[Any],
     ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=8,
                   color=color)
   if title:
-    fig.suptitle(title)
+    # pylint: disable-next=g-import-not-at-top
+    import textwrap
+    fig.suptitle("\n".join(textwrap.wrap(title, max(24, int(fig_w * 13)))),
+                 fontsize=8)
   fig.tight_layout()
   fig.savefig(os.fspath(path), format="png")
   return os.fspath(path)

@@ -19,7 +19,10 @@ re-ranking at the end when asked. The metric maths lives in
 After the final evaluation it can write `query_features.npz` /
 `gallery_features.npz` (`feature_files`: the protocol's query and gallery,
 junk flags and settings, so that `python -m vreid_jax.evaluate_features
---query=... --gallery=...` reproduces metrics.json) and the pictures `cmc.png`, `ranked_list_<i>.png`.
+--query=... --gallery=...` reproduces metrics.json) and the pictures
+`cmc.png` (titled with the dataset, protocol and AP definition) and
+`ranked_list_<i>.png` (ranks numbered as the CMC counts them: junk shown,
+marked, not counted).
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ def protocol_split(data: pipeline.ReidData, protocol: str
 
 
 def feature_files(features: np.ndarray, test: Mapping[str, np.ndarray],
-                  split: evaluation.Split, *, settings: Mapping[str, Any]
+                  split: evaluation.Split, *, settings: Mapping[str, Any],
+                  data: pipeline.ReidData | None = None
                   ) -> dict[str, dict[str, np.ndarray]]:
   """The query and gallery .npz contents that reproduce an evaluation.
 
@@ -96,8 +100,10 @@ def feature_files(features: np.ndarray, test: Mapping[str, np.ndarray],
   gives the metrics `evaluate_split(features, ..., split, **settings)`
   gives: the query file holds the protocol's queries, the gallery file the
   protocol's gallery (the queries too under `with_queries` and `matlab`)
-  with its junk flags, and both record the settings (protocol, ap, metric,
-  normalize), which evaluate_features uses unless its flags say otherwise.
+  with its junk flags (pid -1, the builder's is_junk, and whatever the
+  protocol adds), and both record the settings (protocol, ap, metric,
+  normalize, and max_rank when given), which evaluate_features uses unless
+  its flags say otherwise.
 
   Args:
     features: (N, D) embeddings of the test set's rows (query then gallery
@@ -105,12 +111,20 @@ def feature_files(features: np.ndarray, test: Mapping[str, np.ndarray],
     test: the test set's per-row arrays (pid, camid, is_junk[,
       tracklet_id, record, split]).
     split: the protocol split of those rows.
-    settings: {"protocol", "ap", "metric", "normalize"}.
+    settings: {"protocol", "ap", "metric", "normalize"[, "max_rank"]}.
+    data: the dataset, recorded as `dataset` and `data_dir` (so that
+      `vreid_jax.search` can show the gallery's frames).
   """
   recorded = {"protocol": np.asarray(str(settings["protocol"])),
+              "protocol_name": np.asarray(str(split.name)),
               "ap": np.asarray(str(settings["ap"])),
               "metric": np.asarray(str(settings["metric"])),
               "normalize": np.asarray(bool(settings["normalize"]))}
+  if settings.get("max_rank") is not None:
+    recorded["max_rank"] = np.asarray(int(settings["max_rank"]), np.int64)
+  if data is not None:
+    recorded["dataset"] = np.asarray(str(data.name))
+    recorded["data_dir"] = np.asarray(str(data.data_dir))
   out = {}
   for role, rows in (("query", split.query), ("gallery", split.gallery)):
     f = {"features": np.asarray(features)[rows],
@@ -169,7 +183,7 @@ class Evaluator:
     """What a saved features file records (`feature_files`)."""
     cfg = self.cfg
     return {"protocol": cfg.protocol, "ap": cfg.ap, "metric": cfg.metric,
-            "normalize": bool(cfg.normalize)}
+            "normalize": bool(cfg.normalize), "max_rank": int(cfg.max_rank)}
 
   def features(self, round_: embedder_lib.EvalRound) -> np.ndarray:
     """Query then gallery embeddings (rows of `self.test`)."""
@@ -202,7 +216,7 @@ class Evaluator:
     if final and workdir and jax.process_index() == 0:
       if cfg.save_features:
         files = feature_files(features, test, split,
-                              settings=self.settings())
+                              settings=self.settings(), data=self.data)
         for role, arrays in files.items():
           np.savez(os.path.join(workdir, f"{role}_features.npz"), **arrays)
       if cfg.plots:
@@ -225,31 +239,52 @@ class Evaluator:
     out.update({f"R{k}": v for k, v in results["cmc"].items()})
     return out
 
+  def cmc_title(self) -> str:
+    """The CMC picture's title: dataset, protocol and AP definition."""
+    from vreid_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+    return plots.cmc_title(self.data.name, self.split.name, self.cfg.ap)
+
+  def ranked_lists(self, features: np.ndarray, num: int, top_k: int
+                   ) -> list[tuple[int, Any]]:
+    """(query test row, `plots.RankedList`) of the first `num` queries:
+    the gallery ranked and numbered as the CMC does (junk shown, not
+    counted; `plots.ranked_list`)."""
+    from vreid_jax.evaluation import distances, plots  # pylint: disable=g-import-not-at-top
+    test, split, cfg = self.test, self.split, self.cfg
+    q_rows = split.query[:num]
+    if not len(q_rows):
+      return []
+    dist = distances.pairwise_distances(
+        features[q_rows], features[split.gallery], metric=cfg.metric,
+        normalize=cfg.normalize)
+    g = split.gallery
+    return [(int(row), plots.ranked_list(
+        dist[i], test["pid"][g], test["camid"][g], int(test["pid"][row]),
+        int(test["camid"][row]), top_k=top_k,
+        gallery_junk=split.gallery_junk)) for i, row in enumerate(q_rows)]
+
   def _plots(self, results, features, workdir: str) -> None:
     """cmc.png and ranked_list_<i>.png (the papers' Fig. 7 style)."""
     test, split = self.test, self.split
     try:
-      from vreid_jax.evaluation import distances, plots  # pylint: disable=g-import-not-at-top
-      plots.plot_cmc(results["cmc_curve"], os.path.join(workdir, "cmc.png"))
+      from vreid_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+      plots.plot_cmc(results["cmc_curve"], os.path.join(workdir, "cmc.png"),
+                     title=self.cmc_title())
       num = self.cfg.plot_queries
       if not num:
         return
-      q_rows = split.query[:num]
-      dist = distances.pairwise_distances(
-          features[q_rows], features[split.gallery], metric=self.cfg.metric,
-          normalize=self.cfg.normalize)
-      for i, row in enumerate(q_rows):
-        order = np.argsort(dist[i], kind="stable")[:self.cfg.plot_top_k]
-        g_rows = split.gallery[order]
-        same = test["pid"][g_rows] == test["pid"][row]
-        same_cam = test["camid"][g_rows] == test["camid"][row]
-        junk = split.gallery_junk[order] | (same & same_cam)
+      for i, (row, ranked) in enumerate(self.ranked_lists(
+          features, num, self.cfg.plot_top_k)):
+        g_rows = split.gallery[ranked.positions]
+        hidden = (f"; {ranked.hidden_junk} more junk not shown"
+                  if ranked.hidden_junk else "")
         plots.plot_ranked_lists(
             self._frames(row), [self._frames(g) for g in g_rows],
-            is_match=same & ~junk, is_junk=junk,
+            is_match=ranked.is_match, is_junk=ranked.is_junk,
+            ranks=ranked.ranks,
             path=os.path.join(workdir, f"ranked_list_{i}.png"),
             title=(f"query pid {test['pid'][row]} cam {test['camid'][row]}"
-                   f" ({split.name})"),
+                   f" ({split.name}{hidden})"),
             labels=[f"pid {test['pid'][g]} cam {test['camid'][g]}"
                     for g in g_rows])
     except Exception as e:  # pylint: disable=broad-except
