@@ -278,3 +278,11 @@ def test_ten_trials_reproduce_and_aggregate(ilids_data_dir, tmp_path,
       "warning: 2 of 10 trials (missing trial 2-9): the mean and std are "
       "over 2 trials, not the protocol's 10"]
   assert out.strip().splitlines()[-1].endswith("over 2 trials")
+
+
+def test_mars_gallery_variants_are_refused_on_other_datasets():
+  """extract and library callers get the check the trainer's config gets."""
+  import types  # pylint: disable=g-import-not-at-top
+  from vreid_jax.evaluators import reid  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="MARS gallery variant"):
+    reid.protocol_split(types.SimpleNamespace(name="ilids_vid"), "standard")

@@ -73,8 +73,14 @@ def protocol_split(data: pipeline.ReidData, protocol: str
     (`vreid_jax.evaluation.protocols.mars_split`), applied to the query and
     gallery sets together: gallery minus queries minus junk (9,330 on MARS),
     queries kept (11,310) or everything with the junk rules (12,180; the
-    official MATLAB code).
+    official MATLAB code); MARS only.
   """
+  if (protocol in protocols.MARS_GALLERY_VARIANTS
+      and data.name.split("/")[0] != "mars"):
+    raise ValueError(
+        f"eval protocol {protocol!r} is a MARS gallery variant; dataset "
+        f"{data.name} has the protocol 'given' only (its query set against "
+        "its gallery set)")
   test, is_query = test_set(data)
   if protocol == "given":
     split = protocols.given_split(test["pid"], is_query,
