@@ -140,3 +140,19 @@ def test_cli_fuses_two_streams(files):
   out = _run(f"--query={tmp / 'q.npz'},{tmp / 'q2.npz'}",
              f"--gallery={tmp / 'g.npz'}")
   assert out.returncode == 2 and "need --fuse" in out.stderr
+
+
+def test_cli_refuses_files_of_different_protocols(files, capsys):
+  """A query file of one protocol against a gallery file of another is
+  refused in one line (in-process: no subprocess needed)."""
+  from vreid_jax import evaluate_features  # pylint: disable=g-import-not-at-top
+  tmp, d = files
+  np.savez(tmp / "qm.npz", features=d["qf"], pids=d["qp"], camids=d["qc"],
+           protocol=np.asarray("matlab"))
+  np.savez(tmp / "gs.npz", features=d["gf"], pids=d["gp"], camids=d["gc"],
+           protocol=np.asarray("standard"))
+  code = evaluate_features.main([f"--query={tmp / 'qm.npz'}",
+                                 f"--gallery={tmp / 'gs.npz'}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code != 0 and len(err) == 1 and err[0].startswith("error: ")
+  assert "different protocol values ['matlab', 'standard']" in err[0]

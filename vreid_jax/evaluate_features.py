@@ -162,7 +162,7 @@ def resolve_settings(args: argparse.Namespace, *files: dict[str, Any]
 
   Raises:
     FeatureFileError: the files record different values and no flag says
-      which to use.
+      which to use, or different protocols or datasets.
   """
   out: dict[str, Any] = {}
   for key, default in SETTINGS.items():
@@ -181,8 +181,14 @@ def resolve_settings(args: argparse.Namespace, *files: dict[str, Any]
     out.setdefault("sources", {})[key] = source
   for key in RECORDED_INFO:
     seen = {str(f["settings"][key]) for f in files if key in f["settings"]}
+    if len(seen) > 1:
+      raise FeatureFileError(
+          f"the feature files record different {key} values "
+          f"{sorted(seen)}: a query and gallery (and fused files) must come "
+          "from one protocol of one dataset; write them with one run "
+          "(eval.save_features) or one vreid_jax.extract call")
     if seen:
-      out[key] = "/".join(sorted(seen))
+      out[key] = seen.pop()
   return out
 
 
