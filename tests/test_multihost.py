@@ -15,6 +15,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _env():
+  """Each process: 2 CPU devices, gloo collectives between processes."""
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=2",
+              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+
+
 def _flags(workdir, data_dir):
   return [sys.executable, "-m", "vreid_jax.main",
           "--config=configs/demo.py:tiny", f"--workdir={workdir}",
@@ -22,9 +29,7 @@ def _flags(workdir, data_dir):
 
 
 def test_two_processes_match_one(synthetic_data_dir, tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  env = _env()
   single = tmp_path / "single"
   subprocess.run(_flags(single, synthetic_data_dir), cwd=ROOT, env=env,
                  check=True, capture_output=True, timeout=600)
@@ -56,9 +61,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(
   processes checkpoint the same step together and exit 0."""
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  env = _env()
   port = _free_port()
   workdir = tmp_path / "multi"
   procs = [subprocess.Popen(

@@ -202,19 +202,10 @@ def check_one_of(field: str, value: Any, allowed: Sequence[str],
 
 
 def eval_protocols(dataset_name: str) -> tuple[str, ...]:
-  """The `evals.<name>.protocol` values a dataset supports.
-
-  "given" (the dataset's query set against its gallery set) everywhere; the
-  MARS gallery variants (`protocols.MARS_GALLERY_VARIANTS`: standard,
-  with_queries, matlab) only on MARS: they are defined on its test set and
-  `protocols.mars_split` labels its results mars/<variant>.
-  """
-  from vreid_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
+  """The `evals.<name>.protocol` values a dataset supports
+  (`reid.dataset_protocols`, the rule `reid.protocol_split` applies)."""
   from vreid_jax.evaluators import reid  # pylint: disable=g-import-not-at-top
-  if dataset_name.split("/")[0] == "mars":
-    return tuple(reid.PROTOCOLS)
-  return tuple(p for p in reid.PROTOCOLS
-               if p not in protocols.MARS_GALLERY_VARIANTS)
+  return reid.dataset_protocols(dataset_name)
 
 
 @functools.lru_cache(maxsize=None)

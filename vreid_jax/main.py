@@ -92,15 +92,10 @@ def _check_config_paths(argv) -> None:
 
 def _load_config(argv):
   """The ConfigDict of the last --config=PATH[:ARG] in argv (no overrides)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   spec = [a.split("=", 1)[1] if a.startswith("--config=") else argv[i + 1]
           for i, a in enumerate(argv[:-1] + [""])
           if a.startswith("--config=") or a == "--config"][-1]
-  path, *arg = spec.split(":", 1)
-  module_spec = importlib.util.spec_from_file_location("_vreid_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(*arg)
+  return config_utils.load_config(spec)
 
 
 def _config_key_error(e: BaseException, argv) -> str | None:
@@ -179,11 +174,9 @@ def _parse_flags(argv):
 
 def _check_dirs(config, workdir: str) -> None:
   """Fails early, naming the flag, on a workdir or data dir that cannot be."""
-  path = os.path.expanduser(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise cli.UsageError(
-        f"--workdir={workdir} is a file, not a folder: pass a folder (it is "
-        "created if missing; rerunning the command resumes from it)")
+  problem = train.workdir_is_a_file(workdir)
+  if problem:
+    raise cli.UsageError(problem)  # A flag's value: exit 2.
   data_dir = config.get("data_dir")
   if not data_dir:
     return

@@ -375,12 +375,25 @@ def _setup(config, workdir: str) -> Run:
              manager=manager, evaluations=evaluations)
 
 
+def workdir_is_a_file(workdir: str) -> str | None:
+  """The message for a --workdir that is a file, else None."""
+  path = os.path.expanduser(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    return (f"--workdir={workdir} is a file, not a folder: pass a folder (it "
+            "is created if missing; rerunning the command resumes from it)")
+  return None
+
+
 def check_workdir_writable(workdir: str) -> None:
   """Creates the workdir and writes a probe file in it.
 
   Raises:
-    WorkdirError: naming the workdir and the OS error.
+    WorkdirError: naming the workdir and the OS error (or that it is a
+      file).
   """
+  problem = workdir_is_a_file(workdir)
+  if problem:
+    raise WorkdirError(problem)
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_probe.{os.getpid()}")

@@ -63,6 +63,18 @@ def test_set(data: pipeline.ReidData
   return test, np.arange(len(q) + len(g)) < len(q)
 
 
+def dataset_protocols(dataset_name: str) -> tuple[str, ...]:
+  """The protocols a dataset has: "given" (its query set against its
+  gallery set) everywhere; the MARS gallery variants
+  (`protocols.MARS_GALLERY_VARIANTS`: standard, with_queries, matlab) only
+  on MARS, whose test set defines them (`protocols.mars_split` labels its
+  results mars/<variant>)."""
+  if dataset_name.split("/")[0] == "mars":
+    return tuple(PROTOCOLS)
+  return tuple(p for p in PROTOCOLS
+               if p not in protocols.MARS_GALLERY_VARIANTS)
+
+
 def protocol_split(data: pipeline.ReidData, protocol: str
                    ) -> tuple[dict[str, np.ndarray], evaluation.Split]:
   """The test set (query then gallery tracklets) and its protocol split.
@@ -76,7 +88,7 @@ def protocol_split(data: pipeline.ReidData, protocol: str
     official MATLAB code); MARS only.
   """
   if (protocol in protocols.MARS_GALLERY_VARIANTS
-      and data.name.split("/")[0] != "mars"):
+      and protocol not in dataset_protocols(data.name)):
     raise ValueError(
         f"eval protocol {protocol!r} is a MARS gallery variant; dataset "
         f"{data.name} has the protocol 'given' only (its query set against "
