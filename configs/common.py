@@ -83,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       arch="resnet50", width=64, last_stride=1, frame_dim=0,
       neck_feat="after", dtype="float32",
-      remat=False))                 # recompute backbone activations
+      remat=False,                  # recompute backbone activations
+      norm_impl="fused"))           # BatchNorm: fused (faster) | flax
 
   # The dataset: a TFDS builder of vreid_jax.datasets.
   c.dataset = ml_collections.ConfigDict(dict(

@@ -63,7 +63,7 @@ def gltr_config(dataset: str, variant: str | None, *,
       reduction_relu=True, temporal="gltr", num_branches=3, rates=None,
       kernel_size=3, identity_branch=False, alpha=2,
       attention_norm="softmax", neck_feat="after", dtype="float32",
-      remat=False))
+      remat=False, norm_impl="fused"))
   c.model.rates = ml_collections.FieldReference(None, field_type=tuple)
   c.input.height, c.input.width = 256, 128
   c.input.std = (1 / 255, 1 / 255, 1 / 255)
@@ -97,7 +97,7 @@ def gltr_config(dataset: str, variant: str | None, *,
     c.model = ml_collections.ConfigDict(dict(
         arch="resnet50", width=64, last_stride=1, frame_dim=128,
         reduction_relu=True, neck_feat="after", dtype="float32",
-        remat=False))
+        remat=False, norm_impl="fused"))
     c.input.clip_len = 1
     c.input.num_ids_per_batch = 32
     c.input.num_per_id = 4

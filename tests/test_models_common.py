@@ -89,3 +89,44 @@ def test_read_inputs_checks_keys_and_shapes():
                        "m", flow=True)
   with pytest.raises(ValueError, match="no 'clips'"):
     common.read_inputs({"mask": jnp.ones((2, 3), bool)}, "m")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pool_equals_flax_values_and_gradient(dtype):
+  """common.max_pool (gather-style gradient) equals nn.max_pool bit for bit,
+  ties included (ReLU zeros, a block of equal values), odd and even sizes."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  pad = ((1, 1), (1, 1))
+  for shape in [(2, 9, 8, 3), (1, 7, 7, 1), (2, 16, 10, 2)]:
+    x = np.maximum(rng.normal(size=shape), 0)
+    x[0, :3, :3] = 0.5
+    x = jnp.asarray(x, dtype)
+    ref = jax.jit(lambda v: nn.max_pool(v, (3, 3), strides=(2, 2),
+                                        padding=pad))
+    new = jax.jit(lambda v: common.max_pool(v, (3, 3), (2, 2), pad))
+    y1, vjp1 = jax.vjp(ref, x)
+    y2, vjp2 = jax.vjp(new, x)
+    np.testing.assert_array_equal(np.asarray(y1, np.float32),
+                                  np.asarray(y2, np.float32))
+    g = jnp.asarray(rng.normal(size=y1.shape), dtype)
+    np.testing.assert_array_equal(np.asarray(vjp1(g)[0], np.float32),
+                                  np.asarray(vjp2(g)[0], np.float32))
+
+
+def test_max_pool_gradient_goes_to_first_maximum():
+  """NumPy reference: each window's gradient lands on its first maximum in
+  row-major order (here every value ties at 0: the window's top-left real
+  position, -inf padding never wins)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  x = jnp.zeros((1, 4, 4, 1))
+  _, vjp = jax.vjp(lambda v: common.max_pool(v, (3, 3), (2, 2),
+                                             ((1, 1), (1, 1))), x)
+  g = jnp.arange(1.0, 5.0).reshape(1, 2, 2, 1)
+  want = np.zeros((4, 4))
+  for i in range(2):
+    for j in range(2):
+      r, c = max(2 * i - 1, 0), max(2 * j - 1, 0)
+      want[r, c] += float(g[0, i, j, 0])
+  np.testing.assert_array_equal(vjp(g)[0][0, :, :, 0], want)

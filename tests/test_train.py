@@ -454,12 +454,29 @@ def test_motion_twins_config_reports_the_twin_pair_metric(synthetic_data_dir,
   assert config.input.shuffle_frames and config.model_name == "baseline"
 
 
-def test_remat_may_change_on_resume():
-  """Rematerialisation changes how a model runs, not what it computes."""
+def test_remat_and_norm_impl_may_change_on_resume():
+  """Rematerialisation and the BatchNorm implementation change how a model
+  runs, not what it computes (a checkpoint written before `norm_impl`
+  existed resumes too)."""
   meta = {"model_name": "gltr", "model": {"width": 8, "remat": False},
           "param_shapes": {}}
   now = dict(meta, model={"width": 8, "remat": True})
   assert ckpt_lib.check_meta(meta, now, "/w", 3) == []
+  fused = dict(meta, model={"width": 8, "remat": False, "norm_impl": "fused"})
+  assert ckpt_lib.check_meta(meta, fused, "/w", 3) == []
+  assert ckpt_lib.check_meta(
+      dict(meta, model={"width": 8, "norm_impl": "flax"}), fused, "/w", 3) == []
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match="model.width"):
     ckpt_lib.check_meta(meta, dict(now, model={"width": 16, "remat": True}),
                         "/w", 3)
+
+
+def test_global_norm_equals_optax_tree_norm():
+  """The grad_norm metric: one reduction over all leaves, optax's value."""
+  rng = np.random.default_rng(0)
+  tree = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+          "b": {"c": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16),
+                "d": jnp.asarray(rng.normal(size=(2, 2, 2)), jnp.float32)}}
+  want = optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+  np.testing.assert_allclose(train.global_norm(tree), want, rtol=1e-6)
+  assert train.global_norm({}) == 0.0

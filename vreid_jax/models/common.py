@@ -39,6 +39,25 @@ BN_EPSILON = 1e-5
 # and param_dtype are set where it is used).
 BatchNorm = functools.partial(nn.BatchNorm, momentum=BN_MOMENTUM,
                               epsilon=BN_EPSILON)
+NORM_IMPLS = ("flax", "fused")
+
+
+def batch_norm(impl: str = "flax") -> ModuleDef:
+  """The BatchNorm constructor named by `impl` (a model's `norm_impl`).
+
+  "flax": `flax.linen.BatchNorm` (`BatchNorm` above). "fused": `norm.
+  BatchNorm`, the same variables, forward and running statistics with a
+  hand-written backward pass that stores the bfloat16 input instead of a
+  float32 intermediate (see vreid_jax/models/norm.py).
+  """
+  if impl == "flax":
+    return BatchNorm
+  if impl == "fused":
+    from vreid_jax.models import norm  # pylint: disable=g-import-not-at-top
+    return functools.partial(norm.BatchNorm, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPSILON)
+  raise ValueError(f"Unknown norm_impl {impl!r}; expected one of "
+                   f"{NORM_IMPLS}.")
 
 # PyTorch's default init of Linear and Conv layers (kaiming_uniform with
 # a=sqrt(5)): U(+-1/sqrt(fan_in)) for the weight, and for the bias with the
@@ -316,3 +335,91 @@ def random_variables(module: Any, *args: Any, seed: int = 0,
     return jnp.asarray(value, dtype=leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+# ---------------------------------------------------------------------------
+# Max pooling with a gather-style gradient.
+
+
+def _pool_windows(xp, window, strides, out_hw):
+  """The window's (di, dj) strided views of padded `xp`, row-major."""
+  (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
+  for di in range(kh):
+    for dj in range(kw):
+      yield di * kw + dj, jax.lax.slice(
+          xp, (0, di, dj, 0),
+          (xp.shape[0], di + sh * (ho - 1) + 1, dj + sw * (wo - 1) + 1,
+           xp.shape[3]), (1, sh, sw, 1))
+
+
+def _max_pool_fwd_impl(x, window, strides, padding):
+  lowest = (-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating)
+            else jnp.iinfo(x.dtype).min)
+  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),),
+               constant_values=lowest)
+  ho = (xp.shape[1] - window[0]) // strides[0] + 1
+  wo = (xp.shape[2] - window[1]) // strides[1] + 1
+  best = idx = None
+  for k, view in _pool_windows(xp, window, strides, (ho, wo)):
+    if best is None:
+      best, idx = view, jnp.zeros(view.shape, jnp.int8)
+    else:
+      # Strictly greater: the first maximum in row-major window order wins,
+      # as in XLA's select-and-scatter (select = ge) that jax differentiates
+      # reduce_window max with.
+      take = view > best
+      best = jnp.where(take, view, best)
+      idx = jnp.where(take, jnp.int8(k), idx)
+  return best, idx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, window: tuple[int, int],
+             strides: tuple[int, int],
+             padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """2-D max pool over (N, H, W, C), padded with -inf: `nn.max_pool`'s
+  values and gradient (each window's gradient goes to its first maximum in
+  row-major order, ties included), computed differently.
+
+  The forward also records which of the window's positions won (int8, the
+  pooled shape); the backward places each window's gradient at that
+  position with one fused elementwise pass (a sum of `window` strided
+  placements), instead of XLA's select-and-scatter, which re-reads the
+  pre-pool activations and on an H100 ran at a third of memory bandwidth
+  (0.6 ms of a 25 ms GLTR step). Tested equal to `nn.max_pool`'s gradient.
+  """
+  return _max_pool_fwd_impl(x, window, strides, padding)[0]
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  y, idx = _max_pool_fwd_impl(x, window, strides, padding)
+  return y, (idx, x.shape)
+
+
+def _max_pool_bwd(window, strides, padding, res, g):
+  idx, shape = res
+  (ph, pw), (sh, sw) = padding, strides
+  hp, wp = shape[1] + sum(ph), shape[2] + sum(pw)
+  zero = jnp.zeros((), g.dtype)
+  dxp = None
+  # Reverse row-major offsets: an input position then sums its windows'
+  # gradients in the windows' own row-major order, as select-and-scatter
+  # does (same rounding).
+  for k in reversed(range(window[0] * window[1])):
+    di, dj = divmod(k, window[1])
+    part = jnp.where(idx == k, g, zero)
+    placed = jax.lax.pad(part, zero, (
+        (0, 0, 0),
+        (di, hp - di - (sh * (g.shape[1] - 1) + 1), sh - 1),
+        (dj, wp - dj - (sw * (g.shape[2] - 1) + 1), sw - 1),
+        (0, 0, 0)))
+    dxp = placed if dxp is None else dxp + placed
+  dx = jax.lax.slice(dxp, (0, ph[0], pw[0], 0),
+                     (shape[0], ph[0] + shape[1], pw[0] + shape[2], shape[3]))
+  # Materialise dx: otherwise XLA fuses the placement into each consumer
+  # (the BatchNorm backward's reduction and its elementwise pass) and
+  # evaluates the window placements twice, in a slow reduction kernel.
+  return (jax.lax.optimization_barrier(dx),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -49,6 +49,7 @@ class FrameEncoder(nn.Module):
     dtype: computation dtype.
     param_dtype: parameter dtype.
     remat: rematerialise the backbone's residual blocks (`resnet.ResNet`).
+    norm_impl: the backbone's BatchNorm, "flax" or "fused" (`resnet.ResNet`).
   """
   arch: str = "resnet50"
   width: int = 64
@@ -63,6 +64,7 @@ class FrameEncoder(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
+  norm_impl: str = "fused"
 
   @nn.compact
   def __call__(self, clips: jax.Array, mask: jax.Array | None = None, *,
@@ -92,7 +94,8 @@ class FrameEncoder(nn.Module):
         arch=self.arch, width=self.width, last_stride=self.last_stride,
         zero_init_residual=self.zero_init_residual,
         flow_stem=self.flow_stem, in_channels=self.in_channels, dtype=dtype,
-        param_dtype=param_dtype, remat=self.remat, name="backbone")(
+        param_dtype=param_dtype, remat=self.remat, norm_impl=self.norm_impl,
+        name="backbone")(
             common.fold_time(clips), train=train, mask=fmask, flow=fflow)
     x = resnet.global_avg_pool(maps)
     if self.frame_dim > 0:

@@ -66,6 +66,10 @@ class FramewiseModel(nn.Module):
     param_dtype: parameter dtype.
     remat: rematerialise the backbone's residual blocks in the backward
       pass (memory for long clips or large batches; same results).
+    norm_impl: the backbone's BatchNorm: "fused" (default; models/norm.py:
+      BN, residual add and ReLU as one op with a hand-written backward;
+      same variables and forward, faster training) or "flax"
+      (flax.linen.BatchNorm).
   """
   num_classes: int = 0
   arch: str = "resnet50"
@@ -82,6 +86,7 @@ class FramewiseModel(nn.Module):
   dtype: Any = "float32"
   param_dtype: Any = "float32"
   remat: bool = False
+  norm_impl: str = "fused"
 
   def input_keys(self) -> tuple[str, ...]:
     """The input keys this model reads."""
@@ -115,7 +120,7 @@ class FramewiseModel(nn.Module):
         frame_dim=self.frame_dim, reduction_relu=self.reduction_relu,
         reduction_norm=self.reduction_norm,
         reduction_bias=self.reduction_bias, dtype=self.compute_dtype,
-        param_dtype=param_dtype, remat=self.remat)
+        param_dtype=param_dtype, remat=self.remat, norm_impl=self.norm_impl)
     # The encoder's `backbone` and `reduction` live at the top of our tree.
     nn.share_scope(self, self.encoder)
     self.layers = tuple(self.temporal_layers())

@@ -79,15 +79,38 @@ conv_kernel_init = nn.initializers.variance_scaling(
 
 
 def stem_block(inputs: jax.Array, prefix: str, *, conv, norm, width: int,
-               dtype, bn_mask) -> jax.Array:
+               dtype, bn_mask, train: bool = False) -> jax.Array:
   """torchvision's stem, 7x7/2 conv -> BN -> ReLU -> 3x3/2 max pool, with
   parameters `<prefix>conv1` and `<prefix>bn1` in the calling module ("" for
   RGB, "flow_" for the flow stem of STAR's eq. 2). Shared by `ResNet` and
-  `star.Trunk`."""
+  `star.Trunk`. In training the pool is `common.max_pool` (the same values
+  and gradient, a faster backward); in eval `nn.max_pool`, which export
+  (jax2onnx, symbolic batch and time) handles."""
   y = conv(width, (7, 7), strides=(2, 2), padding=_pad(7),
            name=f"{prefix}conv1")(inputs.astype(dtype))
-  y = nn.relu(norm(name=f"{prefix}bn1")(y, mask=bn_mask))
+  y = norm_act(norm, y, name=f"{prefix}bn1", mask=bn_mask)
+  if train:
+    return common.max_pool(y, (3, 3), (2, 2), _pad(3))
   return nn.max_pool(y, (3, 3), strides=(2, 2), padding=_pad(3))
+
+
+def norm_act(norm: ModuleDef, x: jax.Array, *, name: str,
+             mask: jax.Array | None, residual: jax.Array | None = None,
+             relu: bool = True, **kwargs) -> jax.Array:
+  """relu(norm(x) + residual): BatchNorm, the optional residual add and the
+  ReLU, as one layer in training where `norm` builds a `norm.BatchNorm` (the
+  fused backward of `norm_impl="fused"`), as three otherwise (and always in
+  eval, where there is no backward: the BatchNorm module's own output, e.g.
+  for `capture_intermediates`, is then the normalised x as with flax's).
+  Same results either way."""
+  layer = norm(name=name, **kwargs)
+  if (getattr(layer, "fuses_activation", False)
+      and layer.use_running_average is False):
+    return layer(x, mask=mask, residual=residual, relu=relu)
+  y = layer(x, mask=mask)
+  if residual is not None:
+    y = residual + y
+  return nn.relu(y) if relu else y
 
 
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -120,15 +143,15 @@ class BasicBlock(nn.Module):
                  else nn.initializers.ones)
     y = self.conv(self.planes, (3, 3), strides=(self.strides,) * 2,
                   padding=_pad(3), name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y, mask=mask))
+    y = norm_act(self.norm, y, name="bn1", mask=mask)
     y = self.conv(self.planes, (3, 3), padding=_pad(3), name="conv2")(y)
-    y = self.norm(scale_init=last_init, name="bn2")(y, mask=mask)
     if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
       x = self.conv(self.planes * self.expansion, (1, 1),
                     strides=(self.strides,) * 2, padding=_pad(1),
                     name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, mask=mask)
-    return nn.relu(x + y)
+    return norm_act(self.norm, y, name="bn2", mask=mask, residual=x,
+                    scale_init=last_init)
 
 
 class Bottleneck(nn.Module):
@@ -155,19 +178,19 @@ class Bottleneck(nn.Module):
     last_init = (nn.initializers.zeros if self.zero_init_last
                  else nn.initializers.ones)
     y = self.conv(self.planes, (1, 1), padding=_pad(1), name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y, mask=mask))
+    y = norm_act(self.norm, y, name="bn1", mask=mask)
     y = self.conv(self.planes, (3, 3), strides=(self.strides,) * 2,
                   padding=_pad(3), name="conv2")(y)
-    y = nn.relu(self.norm(name="bn2")(y, mask=mask))
+    y = norm_act(self.norm, y, name="bn2", mask=mask)
     y = self.conv(self.planes * self.expansion, (1, 1), padding=_pad(1),
                   name="conv3")(y)
-    y = self.norm(scale_init=last_init, name="bn3")(y, mask=mask)
     if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
       x = self.conv(self.planes * self.expansion, (1, 1),
                     strides=(self.strides,) * 2, padding=_pad(1),
                     name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, mask=mask)
-    return nn.relu(x + y)
+    return norm_act(self.norm, y, name="bn3", mask=mask, residual=x,
+                    scale_init=last_init)
 
 
 # arch -> (blocks per stage, block class).
@@ -217,6 +240,10 @@ class ResNet(nn.Module):
       activations are recomputed instead of stored: less memory for long
       clips and large batches, about one more forward pass of compute). The
       parameters, their names and the results are unchanged.
+    norm_impl: "fused" (default; models/norm.py: BatchNorm, residual add
+      and ReLU as one op with a hand-written backward, faster to train) or
+      "flax" (flax.linen.BatchNorm). The same variables and forward, and
+      gradients equal to rounding; used when `norm` is not given.
   """
   arch: str = "resnet50"
   width: int = 64
@@ -229,6 +256,7 @@ class ResNet(nn.Module):
   conv: ModuleDef | None = None
   norm: ModuleDef | None = None
   remat: bool = False
+  norm_impl: str = "fused"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
@@ -256,7 +284,7 @@ class ResNet(nn.Module):
     conv = self.conv or functools.partial(
         nn.Conv, use_bias=False, kernel_init=conv_kernel_init)
     conv = functools.partial(conv, dtype=dtype, param_dtype=param_dtype)
-    norm = self.norm or common.BatchNorm
+    norm = self.norm or common.batch_norm(self.norm_impl)
     norm = functools.partial(norm, use_running_average=not train, dtype=dtype,
                              param_dtype=param_dtype)
     bn_mask = None
@@ -264,7 +292,7 @@ class ResNet(nn.Module):
       common.check_shape(mask, (x.shape[0],), f"{self.name}: mask")
       bn_mask = common.expand_mask(mask.astype(bool), 4)
 
-    stem = functools.partial(stem_block, conv=conv, norm=norm,
+    stem = functools.partial(stem_block, conv=conv, norm=norm, train=train,
                              width=self.width, dtype=dtype, bn_mask=bn_mask)
 
     x = stem(x, "")

@@ -196,7 +196,8 @@ class Trunk(nn.Module):
 
     # resnet.ResNet's stem (eq. 2's P(ReLU(BN(W * .)))).
     stem = functools.partial(resnet.stem_block, conv=conv, norm=norm,
-                             width=self.width, dtype=dtype, bn_mask=bn_mask)
+                             train=train, width=self.width, dtype=dtype,
+                             bn_mask=bn_mask)
 
     y = stem(x, "")
     if self.flow_stem:
