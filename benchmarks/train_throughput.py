@@ -18,11 +18,14 @@ one into the next.
   python benchmarks/train_throughput.py --models=all --dtypes=bfloat16
   # Batch x clip-length sweep of one config (BxT pairs; OOM is reported):
   python benchmarks/train_throughput.py --sweep=10x16,20x16,40x16,20x32
-  # Backbone rematerialisation, XLA flags:
+  # Backbone rematerialisation, flax's own BatchNorm (the configs use the
+  # fused one, vreid_jax/models/norm.py), XLA flags:
   python benchmarks/train_throughput.py --remat
+  python benchmarks/train_throughput.py --norm_impl=flax
   python benchmarks/train_throughput.py --xla_flags="--xla_gpu_enable_triton_gemm=false"
 
-Per run it prints compile time, steady-state train and inference frames/s,
+Per run it prints compile time, steady-state train and inference frames/s
+(the median of --repeats blocks of --steps steps, after --warmup steps),
 peak device memory (bytes in use on GPU/TPU; the child's max RSS on CPU) and,
 for JAX, model FLOPs utilisation: the step's convolution and matrix-product
 FLOPs (`model_flops`, counted on its jaxpr; XLA's own cost analysis is
@@ -114,6 +117,8 @@ def load_config(job: dict):
       config.model.width = job["model_width"]
     if job.get("remat"):
       config.model.remat = True
+    if job.get("norm_impl"):
+      config.model.norm_impl = job["norm_impl"]
   return config
 
 
@@ -204,15 +209,29 @@ def _xla_flops(*stages) -> float | None:
   return None
 
 
-def _timed(fn, steps: int) -> float:
+def _median_of_blocks(run_block, steps: int, repeats: int) -> float:
+  """Seconds per step: the median over `repeats` blocks of `steps` steps
+  (`run_block(steps)` runs and waits for one block). One slow block (a
+  GPU clock ramp, a host hiccup) then cannot move the figure."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  times = []
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    run_block(steps)
+    times.append((time.perf_counter() - t0) / steps)
+  return statistics.median(times)
+
+
+def _timed(fn, steps: int, repeats: int = 1) -> float:
   """Seconds per call of `fn()` (which returns something to block on)."""
   import jax  # pylint: disable=g-import-not-at-top
-  t0 = time.perf_counter()
-  out = None
-  for _ in range(steps):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t0) / steps
+
+  def block(n):
+    out = None
+    for _ in range(n):
+      out = fn()
+    jax.block_until_ready(out)
+  return _median_of_blocks(block, steps, repeats)
 
 
 def jax_job(job: dict) -> dict:
@@ -251,7 +270,8 @@ def jax_job(job: dict) -> dict:
          "device": getattr(dev, "device_kind", dev.platform),
          "devices": jax.device_count(), "model": config.model_name,
          "dtype": job["dtype"], "batch": b, "clip_len": t,
-         "frames_per_step": b * t, "remat": bool(job.get("remat"))}
+         "frames_per_step": b * t, "remat": bool(job.get("remat")),
+         "norm_impl": config.model.get("norm_impl", "flax")}
   t0 = time.perf_counter()
   traced = step_fn.trace(state, data)  # One trace: FLOPs and the program.
   lowered = traced.lower()
@@ -269,7 +289,7 @@ def jax_job(job: dict) -> dict:
   t0 = time.perf_counter()
   _timed(one_step, job["warmup"])
   res["warmup_s"] = time.perf_counter() - t0
-  step_s = _timed(one_step, job["steps"])
+  step_s = _timed(one_step, job["steps"], job.get("repeats", 1))
   res["train_step_ms"] = step_s * 1e3
   res["train_fps"] = b * t / step_s
 
@@ -281,7 +301,8 @@ def jax_job(job: dict) -> dict:
   compiled_i = traced_i.lower().compile()
   res["infer_gflop_per_frame"] = model_flops(traced_i.jaxpr) / (b * t) / 1e9
   _timed(lambda: compiled_i(v, eval_batch), job["warmup"])
-  infer_s = _timed(lambda: compiled_i(v, eval_batch), job["steps"])
+  infer_s = _timed(lambda: compiled_i(v, eval_batch), job["steps"],
+                   job.get("repeats", 1))
   res["infer_fps"] = b * t / infer_s
   stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
   if stats and "peak_bytes_in_use" in stats:
@@ -334,12 +355,12 @@ def torch_job(job: dict) -> dict:
     if device.type == "cuda":
       torch.cuda.synchronize()
 
-  def timed(fn, steps):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      fn()
-    sync()
-    return (time.perf_counter() - t0) / steps
+  def timed(fn, steps, repeats=1):
+    def block(n):
+      for _ in range(n):
+        fn()
+      sync()
+    return _median_of_blocks(block, steps, repeats)
 
   loss_kwargs = {"amp": amp, "label_smoothing": float(
       config.losses.get("softmax_cross_entropy", {}).get(
@@ -358,12 +379,13 @@ def torch_job(job: dict) -> dict:
         job["warmup"])
   res["compile_s"] = time.perf_counter() - t0  # Warm-up (+ compile).
   step_s = timed(lambda: ref.train_step(run, opt, clips, labels,
-                                        **loss_kwargs), job["steps"])
+                                        **loss_kwargs), job["steps"],
+                 job.get("repeats", 1))
   res["train_step_ms"] = step_s * 1e3
   res["train_fps"] = b * t / step_s
   timed(lambda: ref.embed(run, clips, amp=amp), job["warmup"])
   res["infer_fps"] = b * t / timed(lambda: ref.embed(run, clips, amp=amp),
-                                   job["steps"])
+                                   job["steps"], job.get("repeats", 1))
   if device.type == "cuda":
     res["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     res["peak_kind"] = "device"
@@ -432,6 +454,9 @@ def main(argv=None):
                       help="ResNet base channels (default: the config's)")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="time --steps steps this many times and report "
+                      "the median block (both frameworks)")
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--compare_torch", action="store_true",
                       help="also time benchmarks/torch_reference.py (needs "
@@ -448,6 +473,9 @@ def main(argv=None):
   parser.add_argument("--remat", action="store_true",
                       help="rematerialise the backbone's blocks "
                       "(config.model.remat)")
+  parser.add_argument("--norm_impl", default="",
+                      help="override the config's model.norm_impl: flax "
+                      "(flax.linen.BatchNorm) or fused (models/norm.py)")
   parser.add_argument("--xla_flags", default="",
                       help="XLA_FLAGS for the JAX children (appended)")
   parser.add_argument("--peak_tflops", type=float, default=0.0,
@@ -481,9 +509,10 @@ def main(argv=None):
     env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
                         + args.xla_flags).strip()
   base = {"steps": args.steps, "warmup": args.warmup,
+          "repeats": args.repeats,
           "height": args.height, "width": args.width,
           "model_width": args.model_width, "remat": args.remat,
-          "peak_tflops": args.peak_tflops}
+          "norm_impl": args.norm_impl, "peak_tflops": args.peak_tflops}
 
   def batch_of(config_path: str) -> int:
     config = config_utils.load_config(os.path.join(ROOT, config_path))

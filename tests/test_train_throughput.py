@@ -122,7 +122,7 @@ def test_compare_torch_prints_both_and_ratios(bench, capsys, tmp_path):
   assert bench.main(["--compare_torch", "--dtypes=float32", "--batch=2",
                      "--clip_len=4", "--height=32", "--width=16",
                      "--model_width=8", "--steps=1", "--warmup=1",
-                     f"--json_out={out}"]) == 0
+                     "--repeats=1", f"--json_out={out}"]) == 0
   last = capsys.readouterr().out.strip().splitlines()[-1]
   result = json.loads(last)
   assert result == json.loads(out.read_text())
