@@ -474,6 +474,7 @@ def main(argv=None):
                       help="rematerialise the backbone's blocks "
                       "(config.model.remat)")
   parser.add_argument("--norm_impl", default="",
+                      choices=("", "flax", "fused"),
                       help="override the config's model.norm_impl: flax "
                       "(flax.linen.BatchNorm) or fused (models/norm.py)")
   parser.add_argument("--xla_flags", default="",
