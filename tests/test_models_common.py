@@ -1,5 +1,7 @@
 """Tests of vreid_jax.models.common."""
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -130,3 +132,61 @@ def test_max_pool_gradient_goes_to_first_maximum():
       r, c = max(2 * i - 1, 0), max(2 * j - 1, 0)
       want[r, c] += float(g[0, i, j, 0])
   np.testing.assert_array_equal(vjp(g)[0][0, :, :, 0], want)
+
+
+def _first_extremum_grad(x, axes, weights, arg):
+  """NumPy: d sum(weights * extremum(x, axes)) / dx, all to the first
+  extremum in row-major order over `axes`."""
+  kept = [a for a in range(x.ndim) if a not in axes]
+  flat = np.transpose(x, kept + list(axes)).reshape(
+      [x.shape[a] for a in kept] + [-1])
+  index = arg(flat, axis=-1)
+  g = np.zeros_like(flat)
+  np.put_along_axis(g, index[..., None], weights.reshape(index.shape)[..., None],
+                    axis=-1)
+  g = g.reshape([x.shape[a] for a in kept] + [x.shape[a] for a in axes])
+  return np.transpose(g, np.argsort(kept + list(axes)))
+
+
+@pytest.mark.parametrize("axes", [(1,), (1, 2), (3,), (0, 2)])
+def test_reduce_max_min_values_and_gradient_to_the_first_extremum(axes):
+  rng = np.random.default_rng(0)
+  # Few distinct values: many ties, including tied maxima and minima.
+  x = rng.integers(-2, 3, size=(3, 4, 5, 2)).astype(np.float32)
+  for ours, ref, arg in ((common.reduce_max, np.max, np.argmax),
+                         (common.reduce_min, np.min, np.argmin)):
+    for keepdims in (False, True):
+      out = ours(jnp.asarray(x), axes, keepdims=keepdims)
+      np.testing.assert_array_equal(out, ref(x, axis=axes, keepdims=keepdims))
+    weights = rng.normal(size=ref(x, axis=axes).shape).astype(np.float32)
+    g = jax.grad(lambda v: jnp.sum(weights * ours(v, axes)))(jnp.asarray(x))  # pylint: disable=cell-var-from-loop
+    np.testing.assert_array_equal(
+        g, _first_extremum_grad(x, axes, weights, arg))
+  assert common.reduce_max(jnp.asarray(x), -1).shape == x.shape[:3]
+
+
+def test_reduce_max_gradient_needs_no_bitwise_agreement():
+  """ReLU(BatchNorm(x)) pooled by a max, as STAR's channel gate: `jnp.max`'s
+  gradient compares a second computation of the map with the max, and under
+  the suite's XLA flags (tests/xla_env.py) that comparison fails on
+  XLA:CPU and the gradient is NaN. `reduce_max`'s equals the gradient
+  through a max taken at indices fixed beforehand."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 4, 32))
+  bn = nn.BatchNorm(use_running_average=False, momentum=0.9)
+  variables = bn.init(jax.random.PRNGKey(1), x)
+
+  def pooled(v, pool):
+    y, _ = bn.apply(variables, v * 1.7 + 0.3, mutable=["batch_stats"])
+    y = nn.relu(y)
+    return jnp.sum(jnp.sin(pool(y)) * y.mean(axis=(1, 2)))
+
+  g = jax.jit(jax.grad(
+      lambda v: pooled(v, lambda y: common.reduce_max(y, (1, 2)))))(x)
+  y, _ = bn.apply(variables, x * 1.7 + 0.3, mutable=["batch_stats"])
+  flat = np.asarray(nn.relu(y)).reshape(16, 16, 32)
+  index = jnp.asarray(np.argmax(flat, axis=1)[:, None, :])
+  at_index = lambda y: jnp.take_along_axis(  # pylint: disable=g-long-lambda
+      y.reshape(16, 16, 32), index, axis=1)[:, 0]
+  g_ref = jax.jit(jax.grad(lambda v: pooled(v, at_index)))(x)
+  assert np.isfinite(np.asarray(g)).all()
+  np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)

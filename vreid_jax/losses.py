@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vreid_jax.models import common
+
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
                           label_smoothing: float = 0.0) -> jax.Array:
@@ -93,8 +95,10 @@ def batch_hard_triplet(features: jax.Array, labels: jax.Array, *,
   dist = pairwise_distances(features)
   same = labels[:, None] == labels[None, :]
   eye = jnp.eye(len(labels), dtype=bool)
-  pos = jnp.max(jnp.where(same & ~eye, dist, -jnp.inf), axis=1)
-  neg = jnp.min(jnp.where(same, jnp.inf, dist), axis=1)
+  # reduce_max/min: a gradient that never compares two computations of
+  # `dist` (jnp.max's can be NaN when XLA computes it twice).
+  pos = common.reduce_max(jnp.where(same & ~eye, dist, -jnp.inf), 1)
+  neg = common.reduce_min(jnp.where(same, jnp.inf, dist), 1)
   valid = jnp.isfinite(pos) & jnp.isfinite(neg)
   gap = jnp.where(valid, pos - neg, 0.0)
   per_anchor = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(
@@ -156,7 +160,7 @@ def pyramid_ranking(maps: jax.Array, mask: jax.Array, labels: jax.Array, *,
                          for a, e in stripe_bounds(maps.shape[2], g)],
                         axis=2)                              # (B, T, G, C)
     avg = jnp.where(m, stripes, 0.0).sum(axis=1) / count
-    mx = jnp.where(m, stripes, -jnp.inf).max(axis=1)
+    mx = common.reduce_max(jnp.where(m, stripes, -jnp.inf), 1)
     mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
     desc = avg + mx                                          # (B, G, C)
     total = total + sum(batch_hard_triplet(desc[:, z], labels, margin=margin)

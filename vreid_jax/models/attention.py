@@ -181,7 +181,9 @@ class TemporalAttentionPool(nn.Module):
 # + sigmoid.
 #
 # Init: PyTorch's default (U(+-1/sqrt(fan_in))), as both papers' PyTorch
-# code would have it; CBAM's BatchNorm is the common one.
+# code would have it; CBAM's BatchNorm is the common one. The max poolings
+# are `common.reduce_max` (gradient to the first maximum, as PyTorch's max
+# pooling; `jnp.max`'s gradient can be NaN under XLA, see there).
 
 GATE_FORMS = ("lsta", "cbam")
 
@@ -218,7 +220,7 @@ class ChannelGate(nn.Module):
         param_dtype=param_dtype, name=name)
     w3, w4 = dense(hidden, c, "fc1"), dense(c, hidden, "fc2")
     x32 = x.astype(jnp.float32)
-    avg, mx = jnp.mean(x32, axis=(1, 2)), jnp.max(x32, axis=(1, 2))
+    avg, mx = jnp.mean(x32, axis=(1, 2)), common.reduce_max(x32, (1, 2))
     if self.form == "lsta":
       logits = w4(nn.relu(w3(avg)) + nn.relu(w3(mx)))
     else:
@@ -269,7 +271,7 @@ class SpatialGate(nn.Module):
                        f"{self.form!r}")
     param_dtype = common.resolve_dtype(self.param_dtype)
     x32 = x.astype(jnp.float32)
-    mean_c, max_c = jnp.mean(x32, axis=-1), jnp.max(x32, axis=-1)
+    mean_c, max_c = jnp.mean(x32, axis=-1), common.reduce_max(x32, -1)
     k = self.kernel_size
     if self.form == "lsta":
       pooled = jnp.stack([mean_c, max_c], axis=-1)            # M_s (eq. 5).

@@ -14,6 +14,9 @@ Conventions used by all models of `vreid_jax.models`:
   frames packed to the front (`pack_frames` / `unpack_frames`), so a padded
   frame reads as the convolution's own zero padding wherever the mask puts
   it (at the end, the start or in the middle of a tracklet).
+* Max and min reductions that are differentiated go through `reduce_max` /
+  `reduce_min` (argmax + gather), never `jnp.max`, whose gradient can be NaN
+  when XLA computes the operand twice (see `reduce_max`).
 * BatchNorm defaults live here once (`BatchNorm`: PyTorch's momentum 0.1 and
   epsilon 1e-5); a layer that needs others (GoogLeNet's epsilon 1e-3) passes
   them with `functools.partial(common.BatchNorm, epsilon=1e-3)`.
@@ -236,6 +239,58 @@ def masked_mean(x: jax.Array, mask: jax.Array | None,
   total = jnp.sum(jnp.where(m, x, jnp.zeros((), x.dtype)), axis=axis)
   count = jnp.sum(m, axis=axis).astype(x.dtype)
   return total / jnp.maximum(count, 1)
+
+
+def _reduce_by_index(x: jax.Array, axis: int | Sequence[int],
+                     keepdims: bool, arg_fn) -> jax.Array:
+  axes = (axis,) if isinstance(axis, int) else tuple(axis)
+  if not axes:
+    raise ValueError("reduce_max/reduce_min: give at least one axis")
+  axes = tuple(sorted({a % x.ndim for a in axes}))
+  kept = [a for a in range(x.ndim) if a not in axes]
+  flat = jnp.transpose(x, kept + list(axes)).reshape(
+      [x.shape[a] for a in kept] + [-1])
+  index = arg_fn(flat, axis=-1)
+  out = jnp.take_along_axis(flat, index[..., None], axis=-1)[..., 0]
+  if keepdims:
+    out = jnp.expand_dims(out, axes)
+  return out
+
+
+def reduce_max(x: jax.Array, axis: int | Sequence[int], *,
+               keepdims: bool = False) -> jax.Array:
+  """`jnp.max(x, axis)` whose gradient never needs two computations of `x`
+  to agree to the last bit.
+
+  JAX differentiates a max reduction by comparing the operand with the
+  result (x == max(x)) and dividing by the number of equal elements. XLA
+  may compute the operand a second time for that comparison, in another
+  fusion with other machine code; when that copy rounds differently, no
+  element equals the max, the count is 0 and the gradient is NaN. That
+  happened to STAR's channel gates on XLA:CPU at
+  `--xla_backend_optimization_level=0` (and is the failure of
+  jax-ml/jax#40564 for the elementwise max on GPUs). Here the index of the
+  maximum comes out of the same reduction that finds it (`jnp.argmax`) and
+  the value is gathered there, so the gradient is a scatter to that index.
+
+  Values: `jnp.max`'s (NaN if the reduced values hold one). Gradient: the
+  whole cotangent goes to the first maximum in row-major order over the
+  reduced axes (as PyTorch's `max(dim)` and max pooling); `jnp.max` splits
+  it evenly between tied maxima. Both are subgradients.
+
+  Args:
+    x: array.
+    axis: an axis or a sequence of axes to reduce.
+    keepdims: keep the reduced axes with size 1.
+  """
+  return _reduce_by_index(x, axis, keepdims, jnp.argmax)
+
+
+def reduce_min(x: jax.Array, axis: int | Sequence[int], *,
+               keepdims: bool = False) -> jax.Array:
+  """`jnp.min(x, axis)` with `reduce_max`'s gradient (to the first
+  minimum)."""
+  return _reduce_by_index(x, axis, keepdims, jnp.argmin)
 
 
 def pack_frames(mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -90,7 +90,10 @@ class TemporalPyramidPool(nn.Module):
 
 
 class MaxPool(nn.Module):
-  """Temporal max pooling over the real frames (Gao & Nevatia, Table 2)."""
+  """Temporal max pooling over the real frames (Gao & Nevatia, Table 2).
+
+  The gradient of each feature goes to its first maximal frame
+  (`common.reduce_max`; PyTorch's `max(dim)` does the same)."""
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -101,7 +104,8 @@ class MaxPool(nn.Module):
     mask = common.frame_mask(mask, x.shape[0], x.shape[1])
     masked = jnp.where(mask[..., None], x, -jnp.inf)
     # A row without a real frame gives 0, like the other aggregators.
-    return jnp.where(mask.any(axis=1)[:, None], masked.max(axis=1), 0.0), {}
+    return jnp.where(mask.any(axis=1)[:, None],
+                     common.reduce_max(masked, 1), 0.0), {}
 
 
 def last_real(x: jax.Array, mask: jax.Array | None) -> jax.Array:
