@@ -8,9 +8,14 @@ import pathlib
 import sys
 import tempfile
 
+import xla_env  # tests/, beside this file.
+
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+# Fast compiles (tests/xla_env.py says why; the HLO is unchanged).
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " " + xla_env.FAST_COMPILE
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Repeated compiles of the same tiny programs (several runs per test file,
 # subprocess runs) hit the persistent cache instead of XLA. It lives in the

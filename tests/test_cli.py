@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 
+import xla_env  # tests/
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -23,8 +25,7 @@ def _main(workdir, *flags):
 
 def _runlocal(config, workdir, data_dir, *flags):
   """`python -m vreid_jax.main` on one CPU device, as on a user's laptop."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = ""
+  env = xla_env.env()
   out = subprocess.run(
       [sys.executable, "-m", "vreid_jax.main", f"--config={config}",
        f"--workdir={workdir}", f"--config.data_dir={data_dir}",

@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+import xla_env  # tests/
+
 from vreid_jax import cli
 from vreid_jax import evaluate_features
 from vreid_jax import export
@@ -181,7 +183,7 @@ def main_runs(tmp_path_factory):
   procs = {}
   for name, argv in MAIN_CASES.items():
     workdir = a_file if name == "workdir_is_a_file" else root / name
-    env = dict(os.environ, XLA_FLAGS="")
+    env = xla_env.env()
     env.pop(cli.DEBUG_ENV, None)
     if name == "debug":
       env[cli.DEBUG_ENV] = "1"

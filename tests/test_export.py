@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+import xla_env  # tests/
+
 from vreid_jax import config_utils
 from vreid_jax import evaluate_features
 from vreid_jax import export
@@ -235,8 +237,7 @@ def test_extract_with_an_export_on_four_devices_equals_one(run, tmp_path):
   _, exp_dir, _ = run
   outs = []
   for n in (1, 4):
-    env = dict(os.environ,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    env = xla_env.env(n)
     out = str(tmp_path / f"d{n}")
     proc = subprocess.run(
         [sys.executable, "-m", "vreid_jax.extract", f"--export={exp_dir}",

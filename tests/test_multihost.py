@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import xla_env  # tests/
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,9 +19,8 @@ def _free_port() -> int:
 
 def _env():
   """Each process: 2 CPU devices, gloo collectives between processes."""
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_force_host_platform_device_count=2",
-              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  return xla_env.env(2, JAX_PLATFORMS="cpu",
+                     JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
 
 
 def _flags(workdir, data_dir):

@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+import xla_env  # tests/
+
 from vreid_jax import workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,9 +157,8 @@ def test_two_jax_processes_all_refused(holder):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  env = xla_env.env(1, JAX_PLATFORMS="cpu",
+                    JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   procs = [subprocess.Popen(
       [sys.executable, "-c", _JAX_PROCESS, str(workdir), f"localhost:{port}",
        str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
